@@ -1,0 +1,41 @@
+# Set-up and everyday commands. `make chat` and `make test` each do the whole set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup wheel test chat bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch 2.13.0 is the CPU build; a plain `torch` requirement would pull a multi-GB CUDA build
+$(VENV)/.deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q "scikit-build-core>=0.9" "numpy>=1.26" "typing-extensions>=4.5" diskcache jinja2
+	touch $@
+
+# the patched llama-cpp-python wheel: built once, cached under ~/.cache/atp keyed by the patch hash
+wheel: $(VENV)/.deps
+	@w=$$($(BIN)/python native_patch/build_wheel.py) || exit 1; \
+	if [ "$$(cat $(VENV)/.atp-wheel 2>/dev/null)" != "$$w" ]; then \
+	  $(BIN)/pip install -q --no-deps --force-reinstall "$$w" && echo "$$w" > $(VENV)/.atp-wheel; \
+	fi
+
+$(VENV)/.atp-installed: pyproject.toml $(VENV)/.deps
+	$(BIN)/pip install -q -e ".[dev,train]"
+	touch $@
+
+setup: wheel $(VENV)/.atp-installed
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+chat: setup
+	$(BIN)/atp demo
+
+bench: setup
+	$(BIN)/python scripts/bench_runtime.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

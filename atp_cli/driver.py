@@ -1,0 +1,267 @@
+"""Steps a prompt through decoder segments and drops visual tokens between them.
+
+Segment s evaluates layers [b_s, b_{s+1}) in its own llama.cpp context whose KV cache holds only those
+layers. Prefill runs the whole prompt through segment s, hands the attention of its last layer to a
+keep function, and feeds only the surviving tokens (with their original positions) to segment s+1.
+A dropped token therefore stays in the KV cache of every layer before the boundary, where later tokens
+still attend to it, and never enters the cache of any layer after it. Decoding then runs each new
+token through all segments.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from atp_cli.errors import InputError
+from atp_cli.prompt_input import Prompt
+from atp_cli.runtime.context import ContextConfig, KvStats, LlamaContext
+from atp_cli.runtime.model import LlamaModel
+from atp_cli.sampling import Sampler
+
+
+@dataclass(frozen=True)
+class ModuleInput:
+    """What a pruning module sees at a segment boundary (all arrays over *alive* tokens only)."""
+
+    boundary: int  # first layer that will not see the dropped tokens
+    layer: int  # the layer whose attention is given: boundary - 1
+    visual_pos: np.ndarray  # (nv,) positions of the alive visual tokens, ascending
+    query_pos: np.ndarray  # (nq,) positions of the text tokens after the image
+    attn_vv: np.ndarray  # (nv, nv) head-mean attention, visual queries -> visual keys
+    attn_tv: np.ndarray  # (nq, nv) head-mean attention, query text -> visual keys
+    visual_origin: int  # position of raster index 0: raster index = visual_pos - visual_origin
+    n_layer: int
+
+
+KeepFn = Callable[[ModuleInput], np.ndarray]
+
+
+@dataclass
+class PrefillStats:
+    """Per-prefill figures the CLI and benchmarks report."""
+
+    n_prompt: int = 0
+    n_visual: int = 0
+    visual_alive_per_layer: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    segment_seconds: list[float] = field(default_factory=list)
+    module_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def prefill_seconds(self) -> float:
+        return sum(self.segment_seconds) + sum(self.module_seconds)
+
+    @property
+    def visual_tokens_avg(self) -> float:
+        """Visual tokens averaged over all decoder layers (the paper's 'tokens')."""
+        return float(self.visual_alive_per_layer.mean()) if self.visual_alive_per_layer.size else 0.0
+
+
+def segment_ranges(n_layer: int, boundaries: Sequence[int]) -> list[tuple[int, int]]:
+    """[(0, b1), (b1, b2), ..., (bk, n_layer)] after checking the boundaries."""
+    b = list(boundaries)
+    if any(not isinstance(x, (int, np.integer)) for x in b):
+        raise InputError(f"boundaries must be integers, got {b}")
+    if b != sorted(set(b)) or (b and (b[0] <= 0 or b[-1] >= n_layer)):
+        raise InputError(f"boundaries must be strictly increasing inside (0, {n_layer}), got {b}")
+    edges = [0, *b, n_layer]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def check_keep(kept: np.ndarray, alive: np.ndarray, boundary: int) -> np.ndarray:
+    """Validate a keep set: non-empty, strictly ascending, a subset of the alive visual positions."""
+    kept = np.asarray(kept)
+    if kept.ndim != 1 or kept.size == 0:
+        raise InputError(f"keep set at layer {boundary} is empty or not 1-D")
+    if not np.issubdtype(kept.dtype, np.integer):
+        raise InputError(f"keep set at layer {boundary} must hold integer positions, got {kept.dtype}")
+    if (np.diff(kept) <= 0).any():
+        raise InputError(f"keep set at layer {boundary} is not strictly ascending")
+    if not np.isin(kept, alive).all():
+        raise InputError(f"keep set at layer {boundary} holds positions that are not alive visual tokens")
+    return kept.astype(np.int32)
+
+
+class SegmentedDecoder:
+    """Contexts for the segments of one model; one conversation at a time (not thread-safe)."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        boundaries: Sequence[int] = (),
+        config: ContextConfig = ContextConfig(),
+        readout: bool = True,
+        stock: bool = False,
+    ) -> None:
+        """`stock=True` runs the unpatched single-context path (the reference the segments must match)."""
+        self.model, self.config = model, config
+        self.ranges = segment_ranges(model.n_layer, boundaries)
+        if stock and len(self.ranges) > 1:
+            raise InputError("a stock decoder has no boundaries")
+        self.contexts: list[LlamaContext] = []
+        try:
+            for i, (b, e) in enumerate(self.ranges):
+                last = i == len(self.ranges) - 1
+                readout_layer = e - 1 if readout and not last else None
+                self.contexts.append(LlamaContext(model, config, b, e, readout_layer=readout_layer, stock=stock))
+        except Exception:
+            self.close()
+            raise
+        self.next_pos = 0
+        self.stats = PrefillStats()
+
+    @property
+    def boundaries(self) -> list[int]:
+        return [b for b, _ in self.ranges[1:]]
+
+    def reset(self) -> None:
+        """Forget the conversation: empty every KV cache."""
+        for ctx in self.contexts:
+            ctx.clear()
+        self.next_pos = 0
+        self.stats = PrefillStats()
+
+    # -- prefill ----------------------------------------------------------------------------------
+
+    def prefill(self, prompt: Prompt, keep: KeepFn | None = None) -> np.ndarray:
+        """Run `prompt` (continuing the conversation) and return the logits of its last entry.
+
+        With `keep`, the function is called at each boundary with the attention of the layer before it
+        and returns the visual positions that go on; without it, nothing is dropped.
+        """
+        positions = prompt.all_positions()
+        if positions[0] < self.next_pos:
+            raise InputError(f"prompt starts at position {positions[0]}, the conversation is at {self.next_pos}")
+        visual = prompt.visual_mask()
+        if keep is not None and any(c.readout_layer is None for c in self.contexts[:-1]):
+            raise InputError("this decoder was built without attention readout; it cannot prune")
+        stats = PrefillStats(n_prompt=len(prompt), n_visual=int(visual.sum()))
+        alive_per_layer = np.zeros(self.model.n_layer, dtype=np.int64)
+
+        hidden: np.ndarray | None = None
+        logits = np.zeros(0, dtype=np.float32)
+        for s, (ctx, (b, e)) in enumerate(zip(self.contexts, self.ranges)):
+            alive_per_layer[b:e] = int(visual.sum())
+            prune_here = keep is not None and ctx.readout_layer is not None and visual.any()
+            t0 = time.perf_counter()
+            if prune_here:
+                ctx.arm_capture(True)
+            hidden = self._run_segment(s, prompt, positions, hidden)
+            if prune_here:
+                ctx.arm_capture(False)
+            stats.segment_seconds.append(time.perf_counter() - t0)
+            if ctx.outputs_logits:
+                logits = ctx.logits()
+            elif prune_here:
+                t0 = time.perf_counter()
+                mask = self._module(ctx, e, positions, visual, prompt.visual_origin(), keep)
+                positions, visual, hidden = positions[mask], visual[mask], hidden[mask]
+                stats.module_seconds.append(time.perf_counter() - t0)
+        stats.visual_alive_per_layer = alive_per_layer
+        self.stats = stats
+        self.next_pos = int(prompt.all_positions()[-1]) + 1
+        return logits
+
+    def _run_segment(self, s: int, prompt: Prompt, positions: np.ndarray, hidden: np.ndarray | None) -> np.ndarray:
+        """Feed segment s; return the hidden states it outputs (empty for the last segment)."""
+        ctx = self.contexts[s]
+        if s > 0:
+            ctx.decode_embd(hidden, positions)
+            return ctx.hidden_all() if not ctx.outputs_logits else np.zeros((0, 0), np.float32)
+        parts = []
+        for span, sl in prompt.span_slices():
+            want_last = sl.stop == len(prompt)
+            if span.is_visual:
+                ctx.decode_embd(span.embd, positions[sl], want_last)
+            else:
+                ctx.decode_tokens(span.tokens, positions[sl], want_last)
+            if not ctx.outputs_logits:
+                parts.append(ctx.hidden_all())
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32)
+
+    def _module(
+        self,
+        ctx: LlamaContext,
+        boundary: int,
+        positions: np.ndarray,
+        visual: np.ndarray,
+        origin: int,
+        keep: KeepFn,
+    ) -> np.ndarray:
+        """Call the keep function at `boundary`; return the mask of entries that go on."""
+        attn = ctx.captured_attention()  # (rows = entries fed, in order; cols = KV cells)
+        if attn.shape[0] != len(positions):
+            raise InputError(f"captured {attn.shape[0]} attention rows for {len(positions)} tokens")
+        cell_of = self._cell_index(ctx)
+        vis_pos = positions[visual]
+        last_visual = np.flatnonzero(visual)[-1]
+        query_rows = np.flatnonzero(~visual & (np.arange(len(positions)) > last_visual))
+        vis_cells = cell_of[vis_pos]
+        view = ModuleInput(
+            boundary=boundary,
+            layer=boundary - 1,
+            visual_pos=vis_pos,
+            query_pos=positions[query_rows],
+            attn_vv=attn[np.ix_(np.flatnonzero(visual), vis_cells)],
+            attn_tv=attn[np.ix_(query_rows, vis_cells)],
+            visual_origin=origin,
+            n_layer=self.model.n_layer,
+        )
+        kept = check_keep(keep(view), vis_pos, boundary)
+        return ~visual | np.isin(positions, kept)
+
+    @staticmethod
+    def _cell_index(ctx: LlamaContext) -> np.ndarray:
+        """Array mapping position -> KV cell of `ctx` (-1 where the position is not cached)."""
+        cell_pos = ctx.cell_positions()
+        used = cell_pos >= 0
+        table = np.full(int(cell_pos.max()) + 1 if used.any() else 0, -1, dtype=np.int64)
+        table[cell_pos[used]] = np.flatnonzero(used)
+        return table
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def extend(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Run text tokens through every segment (nothing is pruned) and return the last logits."""
+        tokens = np.asarray(tokens, dtype=np.int32)
+        if tokens.ndim != 1 or tokens.size == 0:
+            raise InputError("extend needs a non-empty 1-D list of token ids")
+        positions = np.arange(self.next_pos, self.next_pos + len(tokens), dtype=np.int32)
+        prev = self.contexts[0]
+        prev.decode_tokens(tokens, positions)
+        for ctx in self.contexts[1:]:
+            ctx.decode_embd(prev.hidden_all(), positions)
+            prev = ctx
+        self.next_pos += len(tokens)
+        return self.contexts[-1].logits()
+
+    def generate(self, logits: np.ndarray, sampler: Sampler, max_tokens: int) -> Iterator[int]:
+        """Sample from `logits`, feed the token back, repeat; stops at end-of-generation or max_tokens."""
+        for _ in range(max_tokens):
+            token = sampler.sample(logits)
+            if self.model.is_eog(token):
+                return
+            yield token
+            logits = self.extend([token])
+
+    # -- accounting -------------------------------------------------------------------------------
+
+    def kv_stats(self) -> list[KvStats]:
+        return [ctx.kv_stats() for ctx in self.contexts]
+
+    def kv_used_bytes(self) -> int:
+        return sum(s.used_bytes for s in self.kv_stats())
+
+    def close(self) -> None:
+        for ctx in self.contexts:
+            ctx.close()
+        self.contexts = []
+
+    def __enter__(self) -> "SegmentedDecoder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

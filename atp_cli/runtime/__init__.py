@@ -1,0 +1,1 @@
+"""ctypes layer over the patched libllama: owners of models, segment contexts and batches."""

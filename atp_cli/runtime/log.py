@@ -1,0 +1,28 @@
+"""Route llama.cpp's log lines into Python logging (it prints every load detail to stderr otherwise)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+from llama_cpp import llama_cpp as llama
+
+log = logging.getLogger("llama.cpp")
+
+# enum ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_state = {"level": logging.WARNING, "last": logging.INFO}
+
+
+@llama.llama_log_callback
+def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    py_level = _state["last"] if level == 5 else _LEVELS.get(level, logging.INFO)
+    _state["last"] = py_level
+    if py_level >= _state["level"]:
+        log.log(py_level, text.decode("utf-8", errors="replace").rstrip())
+
+
+def quiet_llama_logs(level: int = logging.WARNING) -> None:
+    """Forward llama.cpp messages at `level` and above to the 'llama.cpp' logger; drop the rest."""
+    _state["level"] = level
+    llama.llama_log_set(_on_log, ctypes.c_void_p(0))

@@ -1,0 +1,1 @@
+"""Writers that turn model weights into GGUF files that llama.cpp loads."""

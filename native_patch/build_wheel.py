@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Build (or reuse) the patched llama-cpp-python wheel.
+
+The sdist is fetched from the package index by exact version and checked against its sha256; the numbered
+patches in this folder are applied in order; the CPU wheel is built once and cached under a key made of
+the patch contents, the sdist hash, the build flags, the Python tag and this CPU's instruction-set flags,
+so a second set-up reuses it. Prints the wheel's path as the last line of output. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+SDIST_NAME = "llama-cpp-python"
+SDIST_VERSION = "0.3.36"
+SDIST_FILE = "llama_cpp_python-0.3.36.tar.gz"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+CMAKE_ARGS = "-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF"
+
+HERE = Path(__file__).resolve().parent
+
+
+def log(msg: str) -> None:
+    print(f"[atp-wheel] {msg}", file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    base = os.environ.get("ATP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "atp"
+    )
+    return Path(base)
+
+
+def patches() -> list[Path]:
+    return sorted(HERE.glob("[0-9][0-9][0-9][0-9]-*.patch"))
+
+
+def cpu_flags() -> str:
+    """The instruction-set flags of this CPU: a GGML_NATIVE build is only valid on the same set."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def build_key() -> str:
+    h = hashlib.sha256()
+    for p in patches():
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    for part in (SDIST_SHA256, CMAKE_ARGS, sys.implementation.cache_tag, platform.machine(), cpu_flags()):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_sdist(cache: Path) -> Path:
+    """The pinned sdist, downloaded once by exact version and verified by hash."""
+    target = cache / "sdist" / SDIST_FILE
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            log(f"downloading {SDIST_NAME}=={SDIST_VERSION} sdist")
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                 f"{SDIST_NAME}=={SDIST_VERSION}", "-d", tmp],
+                check=True, stdout=sys.stderr,
+            )
+            os.replace(Path(tmp) / SDIST_FILE, target)
+    digest = sha256_of(target)
+    if digest != SDIST_SHA256:
+        target.unlink()
+        raise SystemExit(f"sdist hash mismatch: expected {SDIST_SHA256}, got {digest} (file removed)")
+    return target
+
+
+def apply_patches(src: Path) -> None:
+    for p in patches():
+        log(f"applying {p.name}")
+        subprocess.run(["patch", "-p1", "--forward", "--batch", "-s", "-i", str(p)], cwd=src, check=True,
+                       stdout=sys.stderr)
+
+
+def build(cache: Path, key: str) -> Path:
+    sdist = fetch_sdist(cache)
+    work = cache / "work" / key
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    with tarfile.open(sdist) as tar:
+        tar.extractall(work, filter="data")
+    src = work / f"llama_cpp_python-{SDIST_VERSION}"
+    apply_patches(src)
+    out = work / "dist"
+    env = dict(os.environ, CMAKE_ARGS=CMAKE_ARGS,
+               CMAKE_BUILD_PARALLEL_LEVEL=os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2)))
+    log("building the wheel (about 5 minutes on 2 cores)")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-C", f"build-dir={work / 'build'}", "-w", str(out), str(src)],
+        check=True, env=env, stdout=sys.stderr,
+    )
+    wheels = list(out.glob("*.whl"))
+    if len(wheels) != 1:
+        raise SystemExit(f"expected one wheel in {out}, found {wheels}")
+    final_dir = cache / "wheels" / key
+    tmp_dir = cache / "wheels" / f".{key}.tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    shutil.copy2(wheels[0], tmp_dir / wheels[0].name)
+    os.replace(tmp_dir, final_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    return final_dir / wheels[0].name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--key", action="store_true", help="print the cache key and exit")
+    args = ap.parse_args()
+    key = build_key()
+    if args.key:
+        print(key)
+        return
+    cache = cache_root()
+    cached = sorted((cache / "wheels" / key).glob("*.whl")) if (cache / "wheels" / key).is_dir() else []
+    wheel = cached[0] if cached else build(cache, key)
+    if cached:
+        log(f"reusing cached wheel {wheel}")
+    print(wheel)
+
+
+if __name__ == "__main__":
+    main()
