@@ -86,8 +86,9 @@ def write_llama_gguf(
     weights: dict[str, np.ndarray] | None = None,
     seed: int = 0,
     arch: str = "llama",
+    f16: bool = False,
 ) -> Path:
-    """Write a llama GGUF (float32, or the weights given) atomically and return its path.
+    """Write a llama GGUF (float32, or float16 matrices with `f16`) atomically and return its path.
 
     `arch` exists so that tests can produce a file of another architecture name with the same tensors.
     """
@@ -110,7 +111,7 @@ def write_llama_gguf(
         w.add_rope_dimension_count(shape.head_dim)
         w.add_rope_freq_base(shape.rope_freq_base)
         w.add_vocab_size(shape.n_vocab)
-        w.add_file_type(gguf.LlamaFileType.ALL_F32)
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
         w.add_tokenizer_model("llama")
         w.add_token_list(tokens)
         w.add_token_scores(scores)
@@ -120,7 +121,8 @@ def write_llama_gguf(
         w.add_unk_token_id(0)
         w.add_add_bos_token(True)
         for name, arr in weights.items():
-            w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
+            dtype = np.float16 if f16 and arr.ndim == 2 else np.float32
+            w.add_tensor(name, np.ascontiguousarray(arr, dtype=dtype))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

@@ -1,0 +1,3 @@
+from atp_cli.cli import main
+
+main()

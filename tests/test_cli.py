@@ -1,0 +1,50 @@
+"""The command line: exit codes and messages for users (click's CliRunner, in process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from atp_cli.cli import cli
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), standalone_mode=False, catch_exceptions=True)
+
+
+def test_info_reports_architecture_and_support(tiny_gguf):
+    res = run("info", str(tiny_gguf))
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["architecture"] == "llama" and data["n_layer"] == 4 and data["segments_supported"]
+
+
+@pytest.mark.parametrize("ratio", ["1.0", "0.25"])
+def test_demo_answers_about_the_example_image(ratio):
+    res = run("demo", "--max-tokens", "12", "--keep-ratio", ratio)
+    assert res.exit_code == 0, res.output
+    answer, stats = res.output.split("answer:", 1)[1].lower().split("[visual tokens:", 1)
+    assert "orange" in answer  # the sky of examples/sunset.png, the largest warm area
+    averaged = float(stats.split("in, ", 1)[1].split()[0])
+    assert averaged == 576 if ratio == "1.0" else averaged < 576 * 0.4
+
+
+def test_demo_on_a_file_that_is_not_an_image(tmp_path):
+    from atp_cli.errors import InputError
+
+    bad = tmp_path / "x.png"
+    bad.write_text("hello")
+    res = run("demo", "--image", str(bad))
+    assert isinstance(res.exception, InputError)
+    assert "cannot read" in str(res.exception)
+
+
+@pytest.mark.parametrize("ratio", ["0", "1.5"])
+def test_demo_rejects_bad_keep_ratio(ratio):
+    from atp_cli.errors import InputError
+
+    res = run("demo", "--keep-ratio", ratio)
+    assert isinstance(res.exception, InputError)
