@@ -10,7 +10,7 @@ from atp_cli.colour_probe import ColourProbe, load_image
 from atp_cli.driver import SegmentedDecoder
 from atp_cli.generation import stream_text
 from atp_cli.prompt_input import Prompt, Span
-from atp_cli.pruning.fastv import FastV
+from atp_cli.pruning.baselines import FastV
 from atp_cli.runtime.context import ContextConfig
 from atp_cli.runtime.model import LlamaModel
 from atp_cli.sampling import Sampler

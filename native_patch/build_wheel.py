@@ -99,6 +99,33 @@ def apply_patches(src: Path) -> None:
                        stdout=sys.stderr)
 
 
+TOOLS = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
+
+
+def tools_dir(cache: Path) -> Path:
+    """Where llama.cpp's own HF->GGUF converter of the pinned version is unpacked (used by `atp convert`)."""
+    return cache / "tools" / f"llama-cpp-python-{SDIST_VERSION}"
+
+
+def extract_tools(cache: Path) -> Path:
+    """Unpack the converter scripts from the pinned sdist once (they are not part of the wheel)."""
+    target = tools_dir(cache)
+    if (target / TOOLS[0]).is_file():
+        return target
+    sdist = fetch_sdist(cache)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    root = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(tuple(root + t for t in TOOLS))]
+        tar.extractall(tmp, members=members, filter="data")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp / root, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"llama.cpp converter scripts in {target}")
+    return target
+
+
 def build(cache: Path, key: str) -> Path:
     sdist = fetch_sdist(cache)
     work = cache / "work" / key
@@ -143,6 +170,7 @@ def main() -> None:
     wheel = cached[0] if cached else build(cache, key)
     if cached:
         log(f"reusing cached wheel {wheel}")
+    extract_tools(cache)
     print(wheel)
 
 

@@ -98,12 +98,14 @@ def timed_run(dec: SegmentedDecoder, prompt: Prompt, keep=None) -> dict:
 
 
 def median_runs(decoders: dict[str, tuple[SegmentedDecoder, object]], prompt: Prompt, runs: int) -> dict:
-    """Interleave the decoders run by run, so that drift of the machine hits all of them alike."""
+    """Interleave the decoders run by run (rotating the order), so drift of the machine hits all alike."""
     samples: dict[str, list[dict]] = {name: [] for name in decoders}
     for name, (dec, keep) in decoders.items():  # warm-up
         timed_run(dec, prompt, keep)
-    for _ in range(runs):
-        for name, (dec, keep) in decoders.items():
+    names = list(decoders)
+    for run in range(runs):
+        for name in names[run % len(names):] + names[: run % len(names)]:  # rotate who goes first
+            dec, keep = decoders[name]
             samples[name].append(timed_run(dec, prompt, keep))
     return {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in samples.items()}
 
