@@ -61,6 +61,40 @@ def demo(image: Path, question: str, keep_ratio: float, layer: int, max_tokens: 
     click.echo(f"\n[{time.perf_counter() - t0:.1f} s]")
 
 
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path), required=False)
+@click.option("--outtype", default="q4_k_m", show_default=True,
+              help="Language model type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s, "
+                   "q4_k_m, q5_k_s, q5_k_m, q6_k.")
+@click.option("--mmproj-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
+@click.option("--image-size", type=int, help="Input size of the vision tower (default: the checkpoint's).")
+@click.option("--drop-cls", is_flag=True,
+              help="Leave the CLS token out (exact order on stock llama.cpp, approximate values).")
+@click.option("--atp", "atp_path", type=click.Path(path_type=Path),
+              help="ATP weights to write into the mmproj (safetensors from `atp train` or `atp calibrate`).")
+@click.option("--attach", is_flag=True, help="Add or replace ATP weights in an already converted folder SRC.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_size: int | None, drop_cls: bool,
+            atp_path: Path | None, attach: bool, force: bool) -> None:
+    """Convert a llava-hf checkpoint folder SRC into OUT: model GGUF, mmproj GGUF and ATP weights."""
+    from atp_cli.pruning.store import load_safetensors
+    from converters import convert as conv
+
+    weights = load_safetensors(atp_path) if atp_path else None
+    if attach:
+        if weights is None:
+            raise click.UsageError("--attach needs --atp WEIGHTS")
+        click.echo(f"ATP weights written into {conv.attach(src, weights)}")
+        return
+    if out is None:
+        raise click.UsageError("give the output folder OUT")
+    opts = conv.ConvertOptions(outtype=outtype, mmproj_f16=mmproj_type == "f16", image_size=image_size,
+                               keep_cls=not drop_cls, force=force, atp=weights)
+    for line in conv.convert(src, out, opts).lines():
+        click.echo(line)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

@@ -2,7 +2,7 @@
 
 Tensors are read one at a time from the safetensors shards (or .bin shards), so a 7B checkpoint never sits
 in memory whole. Names are normalised to one layout whatever transformers version saved the checkpoint:
-`vision_tower.*`, `multi_modal_projector.*`, `language_model.*`.
+`vision_tower.*` (no `vision_model.`), `multi_modal_projector.*`, `language_model.*`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ PROJECTOR_ACTS = ("gelu",)
 
 # older llava-hf layouts -> the normalised one (first match wins)
 _PREFIXES = (
+    ("vision_tower.vision_model.", "vision_tower."),
+    ("model.vision_tower.vision_model.", "vision_tower."),
     ("model.vision_tower.", "vision_tower."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
     ("model.language_model.", "language_model.model."),
@@ -98,8 +100,11 @@ def open_checkpoint(folder: str | Path) -> LlavaCheckpoint:
     act = config.get("projector_hidden_act", "gelu")
     if act not in PROJECTOR_ACTS:
         raise ModelError(f"projector activation {act!r} is not supported; supported: {PROJECTOR_ACTS}")
-    if config.get("vision_feature_select_strategy", "default") != "default":
-        raise ModelError("only vision_feature_select_strategy='default' (patch tokens, no CLS) is supported")
+    strategy = config.get("vision_feature_select_strategy", "default")
+    expected = "full" if vision["model_type"] == "siglip_vision_model" else "default"
+    if strategy != expected:
+        raise ModelError(f"vision_feature_select_strategy {strategy!r} with a {vision['model_type']} tower is not "
+                         f"supported; the patch tokens alone are selected by {expected!r} for this tower")
     if not isinstance(config.get("vision_feature_layer", -2), int):
         raise ModelError("several vision feature layers are not supported; give one integer")
     pre = folder / "preprocessor_config.json"

@@ -55,7 +55,7 @@ def layout(vision: dict) -> TowerLayout:
     if kind in ("clip_vision_model", "siglip_vision_model"):
         if act not in ("quick_gelu", "gelu", "gelu_pytorch_tanh"):
             raise ModelError(f"vision activation {act!r} is not supported")
-        return TowerLayout("vision_tower.vision_model.", "encoder.layers.{i}.", _CLIP_BLOCK, act != "quick_gelu")
+        return TowerLayout("vision_tower.", "encoder.layers.{i}.", _CLIP_BLOCK, act != "quick_gelu")
     if kind == "dinov2":
         if act != "gelu":
             raise ModelError(f"vision activation {act!r} is not supported for DINOv2")
@@ -98,7 +98,7 @@ def dinov2_positions(vision: dict, table: np.ndarray, image_size: int) -> np.nda
         emb.position_embeddings.copy_(torch.from_numpy(table).reshape(emb.position_embeddings.shape))
         dummy = torch.zeros(1, 1 + (image_size // cfg.patch_size) ** 2, cfg.hidden_size)
         out = emb.interpolate_pos_encoding(dummy, image_size, image_size)
-    return out.reshape(-1, cfg.hidden_size).numpy()
+    return out.detach().reshape(-1, cfg.hidden_size).numpy()
 
 
 def embedding_tensors(state: dict[str, np.ndarray], vision: dict, lay: TowerLayout, image_size: int,

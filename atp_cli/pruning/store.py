@@ -143,3 +143,57 @@ def attach_atp(gguf_path: str | Path, weights: AtpWeights) -> None:
         os.replace(tmp, gguf_path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_safetensors(weights: AtpWeights, path: str | Path) -> None:
+    """The training output format: MLP tensors plus the configuration as safetensors metadata (atomic)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    weights.validate()
+    c = weights.config
+    meta = {
+        "atp_config": json.dumps({"n_layer": c.n_layer, "boundaries": list(c.boundaries), "strides": list(c.strides),
+                                  "lam": c.lam, "temperature": c.temperature,
+                                  "grid": list(c.grid) if c.grid else None, "hidden": c.hidden}),
+        "free_mass": json.dumps(list(weights.free_mass)),
+        "free_stride": json.dumps(list(weights.free_stride)),
+    }
+    tensors = {}
+    for m, mlp in enumerate(weights.mlps):
+        for part, arr in zip(_MLP_PARTS, (mlp.fc1_w, mlp.fc1_b, mlp.fc2_w, mlp.fc2_b)):
+            tensors[f"m{m}.{part}"] = np.ascontiguousarray(arr, dtype=np.float32)
+    if not tensors:
+        tensors["empty"] = np.zeros(1, np.float32)
+    tmp = Path(f"{path}.part")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_safetensors(path: str | Path) -> AtpWeights:
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read ATP weights from {path}: {e}") from e
+    if "atp_config" not in meta:
+        raise InputError(f"{path} holds no ATP configuration (not written by `atp train`/`atp calibrate`)")
+    cfg = json.loads(meta["atp_config"])
+    config = AtpConfig(n_layer=cfg["n_layer"], boundaries=tuple(cfg["boundaries"]), strides=tuple(cfg["strides"]),
+                       lam=cfg["lam"], temperature=cfg["temperature"],
+                       grid=tuple(cfg["grid"]) if cfg.get("grid") else None, hidden=cfg["hidden"])
+    mlps = []
+    m = 0
+    while f"m{m}.fc1.weight" in tensors:
+        mlps.append(ThresholdMLP(*(tensors[f"m{m}.{part}"] for part in _MLP_PARTS)))
+        m += 1
+    weights = AtpWeights(config, tuple(mlps), tuple(json.loads(meta.get("free_mass", "[]"))),
+                         tuple(json.loads(meta.get("free_stride", "[]"))))
+    weights.validate()
+    return weights

@@ -1,0 +1,142 @@
+"""`atp convert`: a llava-hf checkpoint -> one folder with the language model, the mmproj and ATP weights.
+
+Everything is checked before the long work starts; files are written in a temporary sibling folder that is
+renamed into place only when complete, so an interrupted or failed run leaves the output path untouched, and
+the input folder is only ever read.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+from tqdm import tqdm
+
+from atp_cli.errors import InputError, ModelError
+from atp_cli.pruning.store import AtpWeights, add_to_writer, attach_atp
+from converters.checkpoint import LlavaCheckpoint, open_checkpoint
+from converters.llm import convert_text_model
+from converters.mmproj import write_mmproj
+from converters.quantize import FTYPES
+
+MODEL_FILE = "model-{outtype}.gguf"
+MMPROJ_FILE = "mmproj-{kind}.gguf"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    outtype: str = "q4_k_m"
+    mmproj_f16: bool = True
+    image_size: int | None = None  # default: the checkpoint's
+    keep_cls: bool = True
+    force: bool = False
+    atp: AtpWeights | None = None
+
+
+@dataclass
+class ConvertSummary:
+    files: dict[str, int] = field(default_factory=dict)  # name -> bytes
+    types: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        rows = [f"{name:32s} {size / 2**20:9.1f} MiB  {self.types.get(name, '')}" for name, size in self.files.items()]
+        return rows + [f"done in {self.seconds:.1f} s"]
+
+
+def _check_output(src: Path, out: Path, force: bool) -> None:
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise InputError("the output folder must not be the checkpoint folder or inside it (inputs are never modified)")
+    if out.exists() and not force:
+        raise InputError(f"output folder {out} exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+
+
+def _check_disk(ckpt: LlavaCheckpoint, parent: Path, outtype: str) -> None:
+    need = sum(p.stat().st_size for p in ckpt.shards) * (1.0 if outtype in ("f32", "f16", "bf16") else 1.5)
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise InputError(f"not enough disk space in {parent}: about {need / 2**30:.1f} GiB needed, "
+                         f"{free / 2**30:.1f} GiB free")
+
+
+def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOptions()) -> ConvertSummary:
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if opts.outtype not in FTYPES:
+        raise InputError(f"unknown output type {opts.outtype!r}; choose one of {', '.join(FTYPES)}")
+    ckpt = open_checkpoint(src)
+    _check_output(src, out, opts.force)
+    if opts.atp is not None:
+        opts.atp.validate(ckpt.text.get("num_hidden_layers"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_disk(ckpt, out.parent, opts.outtype)
+    image_size = opts.image_size or ckpt.vision["image_size"]
+    work = out.parent / f".{out.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    summary = ConvertSummary()
+    try:
+        model_name = MODEL_FILE.format(outtype=opts.outtype)
+        mmproj_name = MMPROJ_FILE.format(kind="f16" if opts.mmproj_f16 else "f32")
+        with tqdm(total=3, desc="convert", unit="stage", leave=True) as bar:
+            bar.set_postfix_str("vision tower + projector")
+            extra = (lambda w: add_to_writer(w, opts.atp)) if opts.atp is not None else None
+            write_mmproj(ckpt, work / mmproj_name, image_size, opts.keep_cls, opts.mmproj_f16, extra)
+            bar.update()
+            bar.set_postfix_str(f"language model ({'convert + quantize' if opts.outtype not in ('f32', 'f16', 'bf16', 'q8_0') else 'convert'})")
+            convert_text_model(src, work / model_name, opts.outtype, log_file=work / "convert.log")
+            bar.update()
+            bar.set_postfix_str("finishing")
+            _replace_folder(work, out)
+            bar.update()
+        for name in (model_name, mmproj_name):
+            summary.files[name] = (out / name).stat().st_size
+        summary.types = {model_name: opts.outtype, mmproj_name: ("f16" if opts.mmproj_f16 else "f32") +
+                         (" + atp" if opts.atp is not None else "")}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _replace_folder(work: Path, out: Path) -> None:
+    (work / "convert.log").unlink(missing_ok=True)
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        work.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        work.rename(out)
+
+
+def find_pair(folder: Path) -> tuple[Path, Path]:
+    """The model and mmproj GGUF files of a converted folder."""
+    models = sorted(folder.glob("model-*.gguf"))
+    mmprojs = sorted(folder.glob("mmproj-*.gguf"))
+    if len(models) != 1 or len(mmprojs) != 1:
+        raise InputError(f"{folder} must hold exactly one model-*.gguf and one mmproj-*.gguf")
+    return models[0], mmprojs[0]
+
+
+def model_depth(model: Path) -> int:
+    reader = gguf.GGUFReader(model)
+    arch = reader.fields["general.architecture"].contents()
+    field_ = reader.fields.get(f"{arch}.block_count")
+    if field_ is None:
+        raise ModelError(f"{model} has no {arch}.block_count")
+    return int(field_.contents())
+
+
+def attach(folder: str | Path, weights: AtpWeights) -> Path:
+    """Add or replace ATP weights in a converted folder's mmproj; returns the mmproj path."""
+    model, mmproj = find_pair(Path(folder))
+    weights.validate(model_depth(model))
+    attach_atp(mmproj, weights)
+    return mmproj

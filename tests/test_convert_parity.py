@@ -1,0 +1,125 @@
+"""`atp convert` on tiny random LLaVA checkpoints, checked against transformers on the same weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from PIL import Image  # noqa: E402
+
+from atp_cli.driver import SegmentedDecoder  # noqa: E402
+from atp_cli.prompt_input import Prompt, Span  # noqa: E402
+from atp_cli.runtime.context import ContextConfig  # noqa: E402
+from atp_cli.runtime.model import LlamaModel  # noqa: E402
+from atp_cli.runtime.vision import ImageEncoder  # noqa: E402
+from converters.convert import ConvertOptions, convert, find_pair  # noqa: E402
+from tests.tiny_llava import IMAGE_TOKEN, build_tiny_llava  # noqa: E402
+
+GRID, PATCH = 4, 4
+SIZE = GRID * PATCH
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llava")
+    return {t: build_tiny_llava(root / t, t, GRID, PATCH) for t in ("clip", "dinov2", "siglip")}
+
+
+def converted(checkpoints, tmp_path_factory, tower: str, outtype: str, mmproj_f16: bool):
+    out = tmp_path_factory.mktemp("out") / f"{tower}-{outtype}"
+    convert(checkpoints[tower], out, ConvertOptions(outtype=outtype, mmproj_f16=mmproj_f16))
+    return find_pair(out)
+
+
+def sample_image(seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+
+
+def hf_pixels(folder, image: Image.Image) -> torch.Tensor:
+    import json
+
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    x = (np.asarray(image, np.float32) / 255 - np.array(pre["image_mean"])) / np.array(pre["image_std"])
+    return torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32))
+
+
+def hf_image_features(folder, image) -> np.ndarray:
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=hf_pixels(folder, image))
+    out = getattr(out, "pooler_output", out)
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    return out.reshape(GRID * GRID, -1).numpy()
+
+
+@pytest.mark.parametrize("tower,f16", [("clip", False), ("clip", True), ("dinov2", True), ("siglip", True)])
+def test_mmproj_embeddings_match_transformers(checkpoints, tmp_path_factory, tower, f16):
+    model_path, mmproj_path = converted(checkpoints, tmp_path_factory, tower, "f32", f16)
+    image = sample_image()
+    ref = hf_image_features(checkpoints[tower], image)
+    with LlamaModel(model_path) as model, ImageEncoder(mmproj_path, model) as enc:
+        got = enc.encode(image)
+    scale = np.abs(ref).max()
+    # f32: only the tanh-approximated GELU differs; f16 weights add their rounding
+    tol = (3e-2 if f16 else 2e-3) * scale
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= tol, (np.abs(got - ref).max(), scale)
+
+
+def hf_logits(folder, ids: list[int], image) -> np.ndarray:
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), pixel_values=hf_pixels(folder, image))
+    return out.logits[0, -1].numpy()
+
+
+def prompt_ids(folder) -> tuple[list[int], list[int], list[int]]:
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    before = tok("USER: what is in the picture", add_special_tokens=True)["input_ids"]
+    after = tok(" describe the colour ASSISTANT:", add_special_tokens=False)["input_ids"]
+    return before, [image_id] * GRID * GRID, after
+
+
+@pytest.mark.parametrize("outtype,atol", [("f32", 2e-3), ("f16", 2e-2)])
+def test_image_prompt_logits_match_transformers(checkpoints, tmp_path_factory, outtype, atol):
+    model_path, mmproj_path = converted(checkpoints, tmp_path_factory, "clip", outtype, False)
+    image = sample_image(1)
+    before, image_ids, after = prompt_ids(checkpoints["clip"])
+    ref = hf_logits(checkpoints["clip"], before + image_ids + after, image)
+    with LlamaModel(model_path) as model, ImageEncoder(mmproj_path, model) as enc:
+        rows = enc.encode(image)
+        cfg = ContextConfig(n_ctx=256, n_batch=64, n_ubatch=64, type_k="f32", type_v="f32")
+        with SegmentedDecoder(model, (), cfg, readout=False) as dec:
+            got = dec.prefill(Prompt((Span.text(before), Span.image(rows), Span.text(after))))
+    assert np.abs(got - ref).max() <= atol, np.abs(got - ref).max()
+    assert int(np.argmax(got)) == int(np.argmax(ref))
+
+
+def test_q8_0_logits_are_close(checkpoints, tmp_path_factory):
+    model_path, mmproj_path = converted(checkpoints, tmp_path_factory, "clip", "q8_0", True)
+    image = sample_image(2)
+    before, image_ids, after = prompt_ids(checkpoints["clip"])
+    ref = hf_logits(checkpoints["clip"], before + image_ids + after, image)
+    with LlamaModel(model_path) as model, ImageEncoder(mmproj_path, model) as enc:
+        rows = enc.encode(image)
+        with SegmentedDecoder(model, (), ContextConfig(n_ctx=256), readout=False) as dec:
+            got = dec.prefill(Prompt((Span.text(before), Span.image(rows), Span.text(after))))
+    cos = float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref)))
+    assert cos > 0.99
+    assert np.argsort(-got)[:1].tolist() == np.argsort(-ref)[:1].tolist()
+
+
+def test_prompts_tokenize_identically(checkpoints, tmp_path_factory):
+    model_path, _ = converted(checkpoints, tmp_path_factory, "clip", "f32", True)
+    tok = transformers.AutoTokenizer.from_pretrained(checkpoints["clip"])
+    texts = ["USER: what is in the picture? ASSISTANT:", "how many red circles are there", "a cat  on\nthe left",
+             "Zebra 42 ünïcode"]
+    with LlamaModel(model_path) as model:
+        for text in texts:
+            assert model.tokenize(text, add_special=True).tolist() == tok(text)["input_ids"], text
+        assert model.meta("tokenizer.chat_template") == tok.chat_template
