@@ -133,6 +133,7 @@ def iter_tensors(ckpt: LlavaCheckpoint, prefixes: tuple[str, ...] = ("",)) -> It
     """(normalised name, float32 array) for the tensors whose normalised name starts with one of `prefixes`,
     one shard and one tensor at a time (the others are never read)."""
     import torch
+    from safetensors import SafetensorError
 
     for shard in ckpt.shards:
         try:
@@ -148,5 +149,5 @@ def iter_tensors(ckpt: LlavaCheckpoint, prefixes: tuple[str, ...] = ("",)) -> It
                 for name, tensor in state.items():
                     if normalise_name(name).startswith(prefixes):
                         yield normalise_name(name), tensor.to(torch.float32).numpy()
-        except (OSError, RuntimeError, ValueError) as e:
+        except (OSError, RuntimeError, ValueError, SafetensorError) as e:
             raise ModelError(f"cannot read weights from {shard}: {e}") from e

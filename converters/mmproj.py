@@ -98,7 +98,7 @@ def write_mmproj(ckpt: LlavaCheckpoint, path: Path, image_size: int, keep_cls: b
         extra(w)
     w.write_header_to_file()
     w.write_kv_data_to_file()
-    w.write_tensors_to_file(progress=False)
+    w.write_tensors_to_file(progress=True)
     w.close()
     if progress is not None:
         progress(len(tensors))

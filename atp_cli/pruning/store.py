@@ -128,15 +128,12 @@ def attach_atp(gguf_path: str | Path, weights: AtpWeights) -> None:
             vtype = field.types[0]
             sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
-        kept = [t for t in reader.tensors if not t.name.startswith("atp.")]
-        for t in kept:
-            writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        for t in reader.tensors:
+            if not t.name.startswith("atp."):
+                writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type, tensor_endianess=reader.endianess)
         add_to_writer(writer, weights)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for t in kept:
-            writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
         writer.write_tensors_to_file()
         writer.close()
         del reader
