@@ -123,3 +123,37 @@ def test_prompts_tokenize_identically(checkpoints, tmp_path_factory):
         for text in texts:
             assert model.tokenize(text, add_special=True).tolist() == tok(text)["input_ids"], text
         assert model.meta("tokenizer.chat_template") == tok.chat_template
+
+
+def test_linear_projector_runs_exactly_through_the_mlp_graph(checkpoints, tmp_path):
+    """A linear projector (no linear_2) is written as mm.2(gelu(W x + b + C)) - C with mm.2 = I."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    src = checkpoints["clip"]
+    lin = tmp_path / "linear"
+    shutil.copytree(src, lin)
+    state = load_file(str(src / "model.safetensors"))
+    rng = np.random.default_rng(0)
+    n_text = state["language_model.model.embed_tokens.weight"].shape[1]
+    w = (rng.standard_normal((n_text, 32)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(n_text) * 0.1).astype(np.float32)
+    state = {k: v for k, v in state.items() if not k.startswith("multi_modal_projector.linear_2")}
+    state["multi_modal_projector.linear_1.weight"], state["multi_modal_projector.linear_1.bias"] = w, b
+    save_file(state, str(lin / "model.safetensors"), metadata={"format": "pt"})
+    model_path, mmproj_path = find_pair_after(lin, tmp_path / "out")
+
+    image = sample_image(3)
+    hf = transformers.LlavaForConditionalGeneration.from_pretrained(src).eval()
+    with torch.no_grad():
+        hidden = hf.model.vision_tower(hf_pixels(src, image), output_hidden_states=True).hidden_states[-2]
+    ref = hidden[0, 1:].numpy() @ w.T + b
+    with LlamaModel(model_path) as model, ImageEncoder(mmproj_path, model) as enc:
+        got = enc.encode(image)
+    assert np.abs(got - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
+
+
+def find_pair_after(src, out):
+    convert(src, out, ConvertOptions(outtype="f32", mmproj_f16=False))
+    return find_pair(out)
