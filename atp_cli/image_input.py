@@ -1,0 +1,65 @@
+"""Images in: any file PIL reads -> RGB, and the letterbox preprocessing llama.cpp's mtmd applies.
+
+Training must see the pixels inference sees: mtmd resizes (bicubic) into an S x S canvas filled with
+(122, 116, 104), centred, then normalises with the mmproj's mean and std.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from atp_cli.errors import InputError
+
+PAD_COLOUR = (122, 116, 104)
+MAX_PIXELS = 64_000_000
+
+
+def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """An RGB image from a path, encoded bytes or a PIL image (grayscale, RGBA, CMYK, palette all accepted)."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        except FileNotFoundError as e:
+            raise InputError(f"image not found: {source}") from e
+        except OSError as e:
+            raise InputError(f"cannot read {source}: {e}") from e
+        try:
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:
+                raise InputError(f"image of {image.width}x{image.height} pixels is larger than {MAX_PIXELS} pixels")
+            image.load()
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+            name = "the given bytes" if isinstance(source, bytes) else str(source)
+            raise InputError(f"cannot read {name} as an image: {e}") from e
+    if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def letterbox(image: Image.Image, size: int) -> Image.Image:
+    """mtmd's fixed-size preprocessing: fit inside size x size (bicubic), centre on the pad colour."""
+    w, h = image.size
+    if (w, h) == (size, size):
+        return image
+    scale = min(size / w, size / h)
+    nw, nh = min(math.ceil(w * scale), size), min(math.ceil(h * scale), size)
+    canvas = Image.new("RGB", (size, size), PAD_COLOUR)
+    canvas.paste(image.resize((nw, nh), Image.Resampling.BICUBIC), ((size - nw) // 2, (size - nh) // 2))
+    return canvas
+
+
+def pixel_values(image: Image.Image, size: int, mean, std) -> np.ndarray:
+    """(3, size, size) float32, normalised."""
+    x = np.asarray(letterbox(image, size), dtype=np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))

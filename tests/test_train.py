@@ -1,0 +1,96 @@
+"""ATP training on a tiny LLaVA: the torch scores mirror numpy, the budget loss moves thresholds, outputs convert."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from PIL import Image  # noqa: E402
+
+from atp_cli.driver import ModuleInput  # noqa: E402
+from atp_cli.errors import InputError  # noqa: E402
+from atp_cli.pruning.atp import module_scores, pooled_features  # noqa: E402
+from atp_cli.pruning.config import AtpConfig  # noqa: E402
+from atp_cli.pruning.store import load_safetensors  # noqa: E402
+from atp_cli.train import scoring  # noqa: E402
+from atp_cli.train.trainer import TrainConfig, train  # noqa: E402
+from tests.tiny_llava import build_tiny_llava  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    ckpt = build_tiny_llava(root / "clip", "clip", text_layers=4)
+    rng = np.random.default_rng(0)
+    records = []
+    for i, (name, rgb) in enumerate([("red", (220, 30, 30)), ("blue", (30, 30, 220)), ("green", (30, 200, 30))]):
+        img = np.full((16, 16, 3), rgb, np.uint8) + rng.integers(0, 20, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / f"{i}.png")
+        records.append({"image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nwhat colour is the picture"}, {"from": "gpt", "value": name}]})
+    data = root / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    return ckpt, data
+
+
+def test_torch_scoring_mirrors_numpy():
+    rng = np.random.default_rng(1)
+    a = np.tril(rng.random((16, 16)))
+    a /= a.sum(1, keepdims=True)
+    t = rng.random((3, 16))
+    cfg = AtpConfig(n_layer=8, boundaries=(2,), grid=(4, 4))
+    view = ModuleInput(2, 1, np.arange(16) + 4, np.arange(3) + 20, a, t, 4, 8)
+    s = module_scores(view, cfg, 16)
+    s_r = scoring.relevance(torch.from_numpy(a), torch.from_numpy(t))
+    np.testing.assert_allclose(s_r.numpy(), s.relevance, rtol=1e-12)
+    np.testing.assert_allclose(scoring.spatial(cfg, 16).numpy(), s.spatial)
+    f = scoring.features(s_r, scoring.spatial(cfg, 16), torch.tensor(1.0, dtype=torch.float64))
+    np.testing.assert_allclose(f.numpy(), pooled_features(s), rtol=1e-12)
+    net = scoring.ThresholdNet(8)
+    theta = net(f)
+    np.testing.assert_allclose([float(x) for x in theta], net.export().thresholds(pooled_features(s)), rtol=1e-5)
+
+
+def test_budget_loss_lowers_the_token_count(setup, tmp_path):
+    ckpt, data = setup
+    logs = []
+    cfg = TrainConfig(budget=3.0, boundaries=(1, 3), steps=12, accumulate=1, lr=0.05, lambda_budget=20.0, hidden=8)
+    weights = train(ckpt, data, tmp_path / "atp.safetensors", cfg, on_step=logs.append)
+    assert logs[0].tokens_avg > 14.0  # starts near keep-all
+    assert logs[-1].tokens_avg < logs[0].tokens_avg - 3.0
+    assert np.mean([lg.budget_loss for lg in logs[-3:]]) < logs[0].budget_loss
+    back = load_safetensors(tmp_path / "atp.safetensors")
+    assert back.config.boundaries == (1, 3) and len(back.mlps) == 2 == len(weights.mlps)
+
+
+def test_lora_training_saves_a_convertible_checkpoint(setup, tmp_path):
+    pytest.importorskip("peft")
+    from converters.convert import ConvertOptions, convert, find_pair
+
+    ckpt, data = setup
+    cfg = TrainConfig(budget=8.0, steps=2, accumulate=1, llm="lora", lora_rank=2, hidden=8, distill=0.5)
+    train(ckpt, data, tmp_path / "atp.safetensors", cfg, save_model=tmp_path / "tuned")
+    from atp_cli.pruning.store import load_safetensors as load
+
+    convert(tmp_path / "tuned", tmp_path / "out", ConvertOptions(outtype="f16", atp=load(tmp_path / "atp.safetensors")))
+    assert len(find_pair(tmp_path / "out")) == 2
+
+
+@pytest.mark.parametrize("budget", [0.0, 17.0, -1.0])
+def test_budget_outside_the_visual_tokens(setup, tmp_path, budget):
+    ckpt, data = setup
+    with pytest.raises(InputError, match="budget"):
+        train(ckpt, data, tmp_path / "x.safetensors", TrainConfig(budget=budget, steps=1))
+
+
+def test_bad_training_data(setup, tmp_path):
+    ckpt, _ = setup
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "x.png"}\n')
+    with pytest.raises(InputError, match="LLaVA record"):
+        train(ckpt, bad, tmp_path / "x.safetensors", TrainConfig(steps=1))
