@@ -95,6 +95,83 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
         click.echo(line)
 
 
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--budget", type=float, default=144.0, show_default=True,
+              help="Visual tokens averaged over all decoder layers (paper metric).")
+@click.option("--boundaries", help="Comma-separated module boundaries (default: spread like 5/15/25 of 32).")
+@click.option("--steps", type=int, default=200, show_default=True)
+@click.option("--accumulate", type=int, default=4, show_default=True, help="Examples per optimizer step.")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lambda-budget", type=float, default=2.0, show_default=True)
+@click.option("--distill", type=float, default=0.0, show_default=True, help="Weight of KL to the unpruned model.")
+@click.option("--llm", type=click.Choice(["freeze", "lora", "finetune"]), default="freeze", show_default=True)
+@click.option("--save-model", type=click.Path(path_type=Path), help="Where to save the tuned checkpoint (lora/finetune).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: str | None, steps: int, accumulate: int,
+          lr: float, lambda_budget: float, distill: float, llm: str, save_model: Path | None, seed: int) -> None:
+    """Train ATP threshold modules on a llava-hf CHECKPOINT with LLaVA-format DATA; write OUT (safetensors)."""
+    from tqdm import tqdm
+
+    from atp_cli.train.trainer import TrainConfig
+    from atp_cli.train.trainer import train as run_training
+
+    cfg = TrainConfig(budget=budget, boundaries=_int_tuple(boundaries), steps=steps, accumulate=accumulate, lr=lr,
+                      lambda_budget=lambda_budget, distill=distill, llm=llm, seed=seed)
+    with tqdm(total=steps, desc="train", unit="step") as bar:
+        def on_step(entry) -> None:
+            bar.set_postfix(loss=f"{entry.loss:.3f}", tokens=f"{entry.tokens_avg:.1f}")
+            bar.update()
+
+        run_training(checkpoint, data, out, cfg, on_step=on_step, save_model=save_model)
+    click.echo(f"ATP weights written to {out}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--budget", type=float, default=144.0, show_default=True,
+              help="Visual tokens averaged over all decoder layers (paper metric).")
+@click.option("--strides", default="4,6,8", show_default=True, help="SAP grid stride per module (0: none).")
+@click.option("--limit", type=int, default=32, show_default=True, help="Calibration records used.")
+@click.option("--threads", type=int, default=0)
+def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int, threads: int) -> None:
+    """Choose training-free ATP levels for a converted FOLDER that meet --budget on DATA; write them into its mmproj."""
+    from atp_cli.calibration import calibrate as run_calibration
+    from atp_cli.pipeline import Pipeline, PipelineConfig
+    from atp_cli.pruning.config import AtpConfig, default_boundaries
+    from atp_cli.pruning.store import AtpWeights
+    from atp_cli.runtime.context import ContextConfig
+    from atp_cli.train.data import load_samples
+    from converters.convert import attach
+
+    samples = load_samples(data)[:limit]
+    config = PipelineConfig(context=ContextConfig(n_threads=threads))
+    with Pipeline.from_dir(folder, "atp-free", config) as pipe:
+        existing = pipe.weights
+        atp_config = existing.config if existing else AtpConfig(pipe.model.n_layer, default_boundaries(pipe.model.n_layer))
+        k = _int_tuple(strides) or ()
+        k = (tuple(k) + (0,) * len(atp_config.boundaries))[: len(atp_config.boundaries)]
+        prompts = [pipe.prompt(s.image, s.question)[0] for s in samples]
+        result = run_calibration(pipe.decoder, prompts, atp_config, k, budget,
+                                 on_step=lambda p, v: click.echo(f"  mass {p:.4f} -> {v:.1f} tokens"))
+    weights = AtpWeights(atp_config, existing.mlps if existing else (), result.mass, result.stride)
+    path = attach(folder, weights)
+    click.echo(f"mass {result.mass[0]:.4f}, strides {list(result.stride)}: {result.achieved:.1f} tokens "
+               f"(target {budget:g}); written into {path}")
+
+
+def _int_tuple(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from e
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

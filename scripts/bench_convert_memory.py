@@ -4,8 +4,9 @@
 The checkpoints have a CLIP ViT-L/14-336 tower and a language model 4096 wide (32000 x 4096 embeddings,
 11008-wide MLP: every tensor as large as in LLaVA-1.5-7B) but only a few decoder layers. If the converter
 streams tensors, peak memory does not grow with the number of layers; then the 32-layer 7B model needs the
-same peak as these. Prints checkpoint size, wall time and peak RSS (largest process: atp or llama.cpp's
-converter) per depth.
+same peak as these. Prints checkpoint size, wall time, and the peak over the process tree (atp and llama.cpp's
+converter) of anonymous memory (RssAnon: what the conversion really holds) and of total RSS (which also counts
+pages of the memory-mapped input and output files; the kernel can drop those at any time), per depth.
 
   python scripts/bench_convert_memory.py --layers 2,4 --outtype q4_k_m
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -98,23 +98,51 @@ def write_checkpoint(folder: Path, n_layer: int) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
+def tree_memory(root: int) -> tuple[int, int]:
+    """(RssAnon, RSS) in KiB summed over `root` and its descendants, from /proc."""
+    pids, anon, rss = [root], 0, 0
+    while pids:
+        pid = pids.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        anon += int(fields.get("RssAnon", "0 kB").split()[0])
+        rss += int(fields.get("VmRSS", "0 kB").split()[0])
+    return anon, rss
+
+
+def convert_peaks(ckpt: Path, out: Path, outtype: str) -> tuple[float, float, float]:
+    """(wall s, peak anonymous GiB, peak RSS GiB) of one `atp convert`, sampled every 50 ms."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "atp_cli", "convert", str(ckpt), str(out), "--outtype", outtype],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak_anon = peak_rss = 0
+    while proc.poll() is None:
+        anon, rss = tree_memory(proc.pid)
+        peak_anon, peak_rss = max(peak_anon, anon), max(peak_rss, rss)
+        time.sleep(0.05)
+    if proc.returncode != 0:
+        raise SystemExit(f"atp convert failed with {proc.returncode}")
+    return time.perf_counter() - t0, peak_anon / 2**20, peak_rss / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", default="2,4")
     ap.add_argument("--outtype", default="q4_k_m")
     args = ap.parse_args()
-    print(f"| decoder layers | checkpoint GiB | outtype | wall s | peak RSS GiB (largest process) |\n|---|---|---|---|---|")
+    print("| decoder layers | checkpoint GiB | outtype | wall s | peak anonymous GiB | peak RSS GiB |")
+    print("|---|---|---|---|---|---|")
     for n_layer in (int(x) for x in args.layers.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / "ckpt"
             size = write_checkpoint(ckpt, n_layer)
-            t0 = time.perf_counter()
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            subprocess.run([sys.executable, "-m", "atp_cli", "convert", str(ckpt), str(Path(tmp) / "out"),
-                            "--outtype", args.outtype], check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-            peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20  # KiB -> GiB
-            print(f"| {n_layer} | {size / 2**30:.2f} | {args.outtype} | {time.perf_counter() - t0:.0f} | {peak:.2f} |",
+            wall, anon, rss = convert_peaks(ckpt, Path(tmp) / "out", args.outtype)
+            print(f"| {n_layer} | {size / 2**30:.2f} | {args.outtype} | {wall:.0f} | {anon:.2f} | {rss:.2f} |",
                   flush=True)
 
 

@@ -34,6 +34,19 @@ class ImageEncoder:
                              "(wrong file, or its output size does not match the language model)")
         self.ptr = ptr
         self.marker = mtmd.mtmd_default_marker()
+        self._n_tokens = self._read_token_count()
+
+    def n_tokens(self) -> int:
+        """Visual tokens per image (the mmproj's (image_size / patch_size)^2)."""
+        return self._n_tokens
+
+    def _read_token_count(self) -> int:
+        import gguf
+
+        reader = gguf.GGUFReader(self.path)
+        size = int(reader.fields["clip.vision.image_size"].contents())
+        patch = int(reader.fields["clip.vision.patch_size"].contents())
+        return (size // patch) ** 2
 
     def encode(self, image: Image.Image) -> np.ndarray:
         """(n_tokens, n_embd) float32 rows in raster order."""

@@ -1,0 +1,78 @@
+"""`atp calibrate`: training-free ATP levels that meet a target budget, with no gradient.
+
+Every module keeps the smallest set of tokens holding a fraction p of the relevance mass, plus its SAP grid
+(atp_cli.pruning.atp.AtpFreeStrategy). The visual tokens averaged over all layers grow with p, so a bisection
+on p over a set of calibration prompts finds the level that meets the budget on average; the count still
+adapts to each image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from atp_cli.driver import SegmentedDecoder
+from atp_cli.errors import InputError
+from atp_cli.prompt_input import Prompt
+from atp_cli.pruning.atp import AtpFreeStrategy
+from atp_cli.pruning.config import AtpConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    mass: tuple[float, ...]
+    stride: tuple[int, ...]
+    target: float
+    achieved: float  # mean visual tokens averaged over all layers, on the calibration prompts
+
+
+def average_tokens(dec: SegmentedDecoder, prompts: Sequence[Prompt], keep) -> list[float]:
+    """Visual tokens averaged over all layers, per prompt (each prefilled in a fresh conversation)."""
+    out = []
+    for prompt in prompts:
+        dec.reset()
+        dec.prefill(prompt, keep)
+        out.append(dec.stats.visual_tokens_avg)
+    dec.reset()
+    return out
+
+
+def calibrate(dec: SegmentedDecoder, prompts: Sequence[Prompt], config: AtpConfig, strides: Sequence[int],
+              target: float, iterations: int = 14,
+              on_step: Callable[[float, float], None] | None = None) -> Calibration:
+    """Bisect the common mass level p so that the mean token count over `prompts` meets `target`."""
+    if not prompts:
+        raise InputError("calibration needs at least one prompt")
+    n_visual = int(prompts[0].visual_mask().sum())
+    if not 0 < target <= n_visual:
+        raise InputError(f"budget must be in (0, {n_visual}] visual tokens, got {target}")
+    if list(dec.boundaries) != list(config.boundaries):
+        raise InputError(f"decoder boundaries {dec.boundaries} differ from the ATP boundaries {config.boundaries}")
+
+    def measure(p: float) -> float:
+        strategy = AtpFreeStrategy(config, [p] * len(config.boundaries), list(strides), n_visual)
+        value = float(np.mean(average_tokens(dec, prompts, strategy)))
+        if on_step is not None:
+            on_step(p, value)
+        return value
+
+    lo, hi = 1e-4, 1.0
+    low, high = measure(lo), measure(hi)
+    if target <= low:
+        log.warning("budget %.1f is below what the grids keep at the lowest level (%.1f)", target, low)
+        return Calibration((lo,) * len(config.boundaries), tuple(strides), target, low)
+    if target >= high:
+        return Calibration((hi,) * len(config.boundaries), tuple(strides), target, high)
+    best = (hi, high)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        value = measure(mid)
+        if abs(value - target) < abs(best[1] - target):
+            best = (mid, value)
+        lo, hi = (mid, hi) if value < target else (lo, mid)
+    return Calibration((best[0],) * len(config.boundaries), tuple(strides), target, best[1])

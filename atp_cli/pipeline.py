@@ -1,0 +1,170 @@
+"""`atp_cli.Pipeline`: load a converted model folder once, then answer questions about images.
+
+    pipe = Pipeline.from_dir("out/llava-7b", strategy="atp")
+    result = pipe("photo.jpg", "What is on the table?")     # path, bytes or PIL image
+    for piece in pipe.stream(image, "Describe it."): ...     # the same, streamed
+
+A Pipeline holds one llama.cpp model, one vision encoder and one set of segment contexts: it answers one
+question at a time and is not thread-safe. Use one Pipeline per thread (the weights are memory-mapped, so
+extra Pipelines on the same files share them), or guard a shared one with a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from atp_cli.driver import PrefillStats, SegmentedDecoder
+from atp_cli.errors import InputError
+from atp_cli.generation import stream_text
+from atp_cli.image_input import load_image
+from atp_cli.prompt import ChatFormat
+from atp_cli.prompt_input import Prompt, Span
+from atp_cli.pruning.registry import make_strategy
+from atp_cli.pruning.store import read_atp
+from atp_cli.pruning.visionzip import VisionZipStyle
+from atp_cli.runtime.context import ContextConfig
+from atp_cli.runtime.model import LlamaModel
+from atp_cli.runtime.vision import ImageEncoder
+from atp_cli.sampling import Sampler, SamplerConfig
+
+log = logging.getLogger(__name__)
+ImageSource = str | Path | bytes | Image.Image
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    context: ContextConfig = ContextConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    max_tokens: int = 256
+
+
+@dataclass
+class Result:
+    text: str
+    stats: PrefillStats
+    encode_seconds: float = 0.0
+    first_token_seconds: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    kv_bytes: int = 0
+    visual_in: int = 0  # visual tokens entering the LLM
+    extra: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, model_path: str | Path, mmproj_path: str | Path, strategy: str = "atp",
+                 config: PipelineConfig = PipelineConfig(), **strategy_params) -> None:
+        self.config = config
+        self.model = LlamaModel(model_path)
+        self.encoder = ImageEncoder(mmproj_path, self.model, config.context.n_threads)
+        self.weights = read_atp(mmproj_path)
+        self.chat = ChatFormat(self.model)
+        self.decoder: SegmentedDecoder | None = None
+        self.strategy = None
+        self.set_strategy(strategy, **strategy_params)
+
+    @classmethod
+    def from_dir(cls, folder: str | Path, strategy: str = "atp", config: PipelineConfig = PipelineConfig(),
+                 **strategy_params) -> "Pipeline":
+        from converters.convert import find_pair
+
+        model, mmproj = find_pair(Path(folder))
+        return cls(model, mmproj, strategy, config, **strategy_params)
+
+    @property
+    def n_visual(self) -> int:
+        return self.encoder.n_tokens()
+
+    def set_strategy(self, name: str, **params) -> None:
+        """Switch the pruning strategy; 'atp' without trained weights falls back to 'atp-free' with a warning."""
+        if name == "atp" and (self.weights is None or not self.weights.mlps):
+            log.warning("the mmproj has no trained ATP weights; using 'atp-free'")
+            name = "atp-free"
+        strategy = make_strategy(name, self.model.n_layer, self.n_visual, self.weights, **params)
+        boundaries = strategy.boundaries(self.model.n_layer)
+        if self.decoder is None or self.decoder.boundaries != boundaries:
+            if self.decoder is not None:
+                self.decoder.close()
+            self.decoder = SegmentedDecoder(self.model, boundaries, self.config.context, readout=bool(boundaries))
+        self.strategy = strategy
+
+    def prompt(self, image: ImageSource, question: str) -> tuple[Prompt, float]:
+        """The prompt for one image and question, and the seconds spent encoding the image."""
+        if not question.strip():
+            raise InputError("the question is empty")
+        t0 = time.perf_counter()
+        rows = self.encoder.encode(load_image(image))
+        seconds = time.perf_counter() - t0
+        prompt = self.chat.image_prompt(rows, question)
+        if isinstance(self.strategy, VisionZipStyle):
+            prompt = _preselect(prompt, self.strategy)
+        if len(prompt) + self.config.max_tokens > self.decoder.contexts[0].n_ctx:
+            raise InputError(f"prompt of {len(prompt)} tokens + {self.config.max_tokens} to generate does not fit "
+                             f"the context of {self.decoder.contexts[0].n_ctx}")
+        return prompt, seconds
+
+    def stream(self, image: ImageSource, question: str, result: Result | None = None) -> Iterator[str]:
+        """Answer text as it is generated; `result` (if given) is filled with the statistics."""
+        prompt, encode_s = self.prompt(image, question)
+        self.decoder.reset()
+        keep = self.strategy if self.decoder.boundaries else None
+        t0 = time.perf_counter()
+        logits = self.decoder.prefill(prompt, keep)
+        first = time.perf_counter()
+        n_generated = 0
+        pieces = []
+        for piece in stream_text(self.decoder, logits, Sampler(self.config.sampler), self.config.max_tokens):
+            n_generated += 1
+            pieces.append(piece)
+            yield piece
+        end = time.perf_counter()
+        if result is not None:
+            result.text = "".join(pieces)
+            result.stats = self.decoder.stats
+            result.encode_seconds = encode_s
+            result.first_token_seconds = encode_s + (first - t0)
+            result.decode_tokens_per_s = n_generated / (end - first) if end > first and n_generated else 0.0
+            result.kv_bytes = self.decoder.kv_used_bytes()
+            result.visual_in = int(prompt.visual_mask().sum())
+
+    def __call__(self, image: ImageSource, question: str) -> Result:
+        result = Result("", PrefillStats())
+        for _ in self.stream(image, question, result):
+            pass
+        return result
+
+    def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
+            self.decoder = None
+        self.encoder.close()
+        self.model.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _preselect(prompt: Prompt, strategy: VisionZipStyle) -> Prompt:
+    """Replace the image span by the rows a pre-LLM strategy keeps, at their original positions."""
+    spans, positions = [], []
+    start = 0
+    for span in prompt.spans:
+        if span.is_visual:
+            rows, idx = strategy.select(span.embd)
+            spans.append(Span.image(rows))
+            positions.append(start + idx)
+            origin = start
+        else:
+            spans.append(span)
+            positions.append(np.arange(start, start + len(span)))
+        start += len(span)
+    return Prompt(tuple(spans), positions=np.concatenate(positions).astype(np.int32), image_origin=origin)
