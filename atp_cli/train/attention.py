@@ -53,6 +53,7 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling, dr
     if bias is not None:
         t = scores.shape[-1]
         diag = torch.eye(t, dtype=torch.bool, device=scores.device)
+        bias = bias.to(scores.device)
         scores = scores + torch.where(diag, torch.zeros((), dtype=bias.dtype, device=bias.device),
                                       bias[:, None, :])[:, None]
     probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)

@@ -35,7 +35,7 @@ class HardPruning(LayerControl):
     def before_layer(self, il: int) -> None:
         if il not in self.boundaries:
             return
-        probs = self.records[il - 1][0].double().numpy()  # (T, T)
+        probs = self.records[il - 1][0].double().cpu().numpy()  # (T, T)
         view = ModuleInput(
             boundary=il, layer=il - 1, visual_pos=self.alive.astype(np.int32), query_pos=self.query.astype(np.int32),
             attn_vv=probs[np.ix_(self.alive, self.alive)], attn_tv=probs[np.ix_(self.query, self.alive)],

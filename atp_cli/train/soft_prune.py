@@ -24,8 +24,8 @@ class SoftPruning(LayerControl):
         super().__init__({b - 1 for b in config.boundaries})
         self.config, self.nets = config, nets
         self.visual, self.query, self.seq_len = visual, query, seq_len
-        self.s_sp = spatial(config, len(visual))
-        self.mask = torch.ones(len(visual), dtype=torch.float64)  # cumulative
+        self.s_sp = spatial(config, len(visual)).to(visual.device)
+        self.mask = torch.ones(len(visual), dtype=torch.float64, device=visual.device)  # cumulative
         self.masks: list[torch.Tensor] = []  # cumulative mask after each module
         self.thresholds: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -46,14 +46,15 @@ class SoftPruning(LayerControl):
     def key_bias(self, il: int) -> torch.Tensor | None:
         if not self.masks:
             return None
-        bias = torch.zeros(1, self.seq_len, dtype=torch.float32)
+        bias = torch.zeros(1, self.seq_len, dtype=torch.float32, device=self.mask.device)
         bias[0, self.visual] = torch.log(self.mask + _EPS).to(torch.float32)
         return bias
 
     def average_tokens(self, n_layer: int) -> torch.Tensor:
         """Soft visual tokens averaged over all decoder layers (the paper's metric)."""
         edges = [0, *self.config.boundaries, n_layer]
-        counts = [torch.tensor(float(len(self.visual)), dtype=torch.float64)] + [m.sum() for m in self.masks]
+        counts = [torch.tensor(float(len(self.visual)), dtype=torch.float64, device=self.mask.device)]
+        counts += [m.sum() for m in self.masks]
         return sum((e - b) * c for b, e, c in zip(edges[:-1], edges[1:], counts)) / n_layer
 
 

@@ -92,7 +92,8 @@ def train(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: TrainC
     samples = load_samples(data)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    model = LlavaForConditionalGeneration.from_pretrained(checkpoint, torch_dtype=torch.float32)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint, torch_dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     n_layer = model.config.text_config.num_hidden_layers
     size, n_visual, mean, std = _image_setup(model, checkpoint)
@@ -102,7 +103,7 @@ def train(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: TrainC
     atp = AtpConfig(n_layer=n_layer, boundaries=cfg.boundaries or default_boundaries(n_layer),
                     temperature=cfg.temperature, grid=(grid, grid), hidden=cfg.hidden)
     atp.validate()
-    nets = make_nets(atp)
+    nets = make_nets(atp).to(device)
     llm_params = _llm_params(model, cfg)
     groups = [{"params": nets.parameters(), "lr": cfg.lr}]
     if llm_params:
@@ -118,7 +119,7 @@ def train(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: TrainC
         entry = StepLog(step, *(float(np.mean([lg[k] for lg in logs])) for k in range(4)))
         if on_step is not None:
             on_step(entry)
-    weights = AtpWeights(atp, tuple(n.export() for n in nets))
+    weights = AtpWeights(atp, tuple(n.export() for n in nets.cpu()))
     save_safetensors(weights, out)
     if save_model is not None and llm_params:
         _save_tuned(model, tokenizer, checkpoint, Path(save_model), cfg)
@@ -128,14 +129,16 @@ def train(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: TrainC
 def _one_example(model, tokenizer, nets, atp: AtpConfig, sample: Sample, image_id: int, n_visual: int,
                  size: int, mean, std, cfg: TrainConfig) -> tuple[float, float, float, float]:
     tokens = encode_sample(tokenizer, sample, image_id, n_visual)
-    ids = torch.from_numpy(tokens.input_ids)[None]
-    labels = torch.from_numpy(tokens.labels)[None]
-    pixels = torch.from_numpy(pixel_values(load_image(sample.image), size, mean, std))[None]
+    device = next(model.parameters()).device
+    ids = torch.from_numpy(tokens.input_ids)[None].to(device)
+    labels = torch.from_numpy(tokens.labels)[None].to(device)
+    pixels = torch.from_numpy(pixel_values(load_image(sample.image), size, mean, std))[None].to(device)
     teacher = None
     if cfg.distill > 0:
         with torch.no_grad():
             teacher = model(input_ids=ids, pixel_values=pixels).logits
-    control = SoftPruning(atp, nets, torch.from_numpy(tokens.visual), torch.from_numpy(tokens.query), ids.shape[1])
+    control = SoftPruning(atp, nets, torch.from_numpy(tokens.visual).to(device),
+                          torch.from_numpy(tokens.query).to(device), ids.shape[1])
     with controlled(model, control):
         out = model(input_ids=ids, pixel_values=pixels, labels=labels)
     tokens_avg = control.average_tokens(atp.n_layer)
