@@ -163,6 +163,40 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
                f"(target {budget:g}); written into {path}")
 
 
+@cli.command()
+@click.argument("question", required=False)
+@click.option("--image", type=click.Path(path_type=Path), required=True, help="The image to talk about.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="A folder made by `atp convert` (default: the default model).")
+@click.option("--strategy", default="atp", show_default=True, help="atp, atp-free, fastv, pdrop, visionzip-style, "
+              "uniform, random or none.")
+@click.option("--json", "as_json", is_flag=True, help="One-shot: print the answer and statistics as JSON.")
+@click.option("--show-keep", type=click.Path(path_type=Path), help="Write a PNG of the tokens kept per module.")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--n-ctx", type=int, default=2048, show_default=True)
+@click.option("--threads", type=int, default=0, help="CPU threads (0: all).")
+def chat(question: str | None, image: Path, model_dir: Path | None, strategy: str, as_json: bool,
+         show_keep: Path | None, max_tokens: int, temperature: float, top_p: float, seed: int, n_ctx: int,
+         threads: int) -> None:
+    """Chat about an image. With QUESTION: answer once and exit; without: an interactive session
+    (/image PATH, /strategy NAME, /stats, /quit; Ctrl-C stops an answer, not the session)."""
+    from atp_cli.chat import ChatSession
+    from atp_cli.pipeline import PipelineConfig
+    from atp_cli.runtime.context import ContextConfig
+    from atp_cli.sampling import SamplerConfig
+
+    config = PipelineConfig(context=ContextConfig(n_ctx=n_ctx, n_threads=threads),
+                            sampler=SamplerConfig(temperature, top_p, seed), max_tokens=max_tokens)
+    with ChatSession.open(model_dir, strategy, config, image, show_keep) as session:
+        if question is not None:
+            session.one_shot(question, as_json)
+        else:
+            session.interactive()
+
+
 def _int_tuple(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None

@@ -49,6 +49,7 @@ class PrefillStats:
     visual_alive_per_layer: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     segment_seconds: list[float] = field(default_factory=list)
     module_seconds: list[float] = field(default_factory=list)
+    kept_raster: list[np.ndarray] = field(default_factory=list)  # raster indices kept at each module
 
     @property
     def prefill_seconds(self) -> float:
@@ -160,6 +161,7 @@ class SegmentedDecoder:
                 mask = self._module(ctx, e, positions, visual, prompt.visual_origin(), keep)
                 positions, visual, hidden = positions[mask], visual[mask], hidden[mask]
                 stats.module_seconds.append(time.perf_counter() - t0)
+                stats.kept_raster.append(positions[visual] - prompt.visual_origin())
         stats.visual_alive_per_layer = alive_per_layer
         self.stats = stats
         self.next_pos = int(prompt.all_positions()[-1]) + 1
@@ -239,10 +241,14 @@ class SegmentedDecoder:
         return self.contexts[-1].logits()
 
     def generate(self, logits: np.ndarray, sampler: Sampler, max_tokens: int) -> Iterator[int]:
-        """Sample from `logits`, feed the token back, repeat; stops at end-of-generation or max_tokens."""
+        """Sample from `logits`, feed the token back, repeat; stops at end-of-generation or max_tokens.
+
+        The end-of-generation token is not fed; it is left in `stop_token` (None when max_tokens ended it)."""
+        self.stop_token: int | None = None
         for _ in range(max_tokens):
             token = sampler.sample(logits)
             if self.model.is_eog(token):
+                self.stop_token = token
                 return
             yield token
             logits = self.extend([token])

@@ -109,14 +109,26 @@ class Pipeline:
                              f"the context of {self.decoder.contexts[0].n_ctx}")
         return prompt, seconds
 
-    def stream(self, image: ImageSource, question: str, result: Result | None = None) -> Iterator[str]:
-        """Answer text as it is generated; `result` (if given) is filled with the statistics."""
-        prompt, encode_s = self.prompt(image, question)
+    def prefill_image(self, image: ImageSource, question: str) -> np.ndarray:
+        """Start a conversation: encode, build the prompt, prefill with pruning; returns the next-token logits."""
+        prompt, self._encode_seconds = self.prompt(image, question)
+        self._visual_in = int(prompt.visual_mask().sum())
         self.decoder.reset()
         keep = self.strategy if self.decoder.boundaries else None
+        return self.decoder.prefill(prompt, keep)
+
+    def conversation(self):
+        """A multi-turn chat over this Pipeline (see atp_cli.conversation)."""
+        from atp_cli.conversation import Conversation
+
+        return Conversation(self)
+
+    def stream(self, image: ImageSource, question: str, result: Result | None = None) -> Iterator[str]:
+        """Answer text as it is generated; `result` (if given) is filled with the statistics."""
         t0 = time.perf_counter()
-        logits = self.decoder.prefill(prompt, keep)
+        logits = self.prefill_image(image, question)
         first = time.perf_counter()
+        encode_s = self._encode_seconds
         n_generated = 0
         pieces = []
         for piece in stream_text(self.decoder, logits, Sampler(self.config.sampler), self.config.max_tokens):
@@ -128,10 +140,10 @@ class Pipeline:
             result.text = "".join(pieces)
             result.stats = self.decoder.stats
             result.encode_seconds = encode_s
-            result.first_token_seconds = encode_s + (first - t0)
+            result.first_token_seconds = first - t0
             result.decode_tokens_per_s = n_generated / (end - first) if end > first and n_generated else 0.0
             result.kv_bytes = self.decoder.kv_used_bytes()
-            result.visual_in = int(prompt.visual_mask().sum())
+            result.visual_in = self._visual_in
 
     def __call__(self, image: ImageSource, question: str) -> Result:
         result = Result("", PrefillStats())

@@ -9,7 +9,7 @@ from atp_cli.errors import ModelError
 from atp_cli.prompt_input import Prompt, Span
 from atp_cli.runtime.model import LlamaModel
 
-_MARKER = "\x00IMAGE\x00"
+IMAGE_MARKER = "\x00IMAGE\x00"  # stands for the image span in rendered text
 # used when a GGUF carries no chat template (Vicuna v1 style, as LLaVA-1.5)
 FALLBACK_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {{ m['content'] }} "
                      "{% else %}ASSISTANT: {{ m['content'] }}</s>{% endif %}{% endfor %}"
@@ -37,9 +37,9 @@ class ChatFormat:
 
     def image_prompt(self, image_rows: np.ndarray, question: str, history: list[dict] | None = None) -> Prompt:
         """Prompt for a user turn that starts with the image and asks `question`."""
-        messages = [*(history or []), {"role": "user", "content": f"{_MARKER}\n{question}"}]
+        messages = [*(history or []), {"role": "user", "content": f"{IMAGE_MARKER}\n{question}"}]
         text = self.render(messages)
-        before, after = text.split(_MARKER, 1)
+        before, after = text.split(IMAGE_MARKER, 1)
         spans = []  # add_special: llama.cpp adds BOS where the vocabulary asks for it, unless the template did
         ids_before = self.model.tokenize(before, add_special=not before.startswith(self.bos))
         if ids_before.size:

@@ -1,0 +1,130 @@
+"""The terminal side of `atp chat`: one-shot and interactive sessions over a Pipeline conversation."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from atp_cli.errors import AtpError, InputError, ModelError
+from atp_cli.keep_map import draw_keep_map
+from atp_cli.pipeline import Pipeline, PipelineConfig
+from atp_cli.pruning.sap import grid_shape
+
+DEFAULT_MODEL_DIR = Path("~/.cache/atp/default-model").expanduser()
+HELP = "commands: /image PATH, /strategy NAME, /stats, /help, /quit"
+
+
+class ChatSession:
+    def __init__(self, pipe: Pipeline, image: Path, show_keep: Path | None) -> None:
+        self.pipe, self.show_keep = pipe, show_keep
+        self.conv = pipe.conversation()
+        self.image_path = image
+        self.conv.set_image(image)
+        self.last: dict = {}
+
+    @classmethod
+    def open(cls, model_dir: Path | None, strategy: str, config: PipelineConfig, image: Path,
+             show_keep: Path | None) -> "ChatSession":
+        folder = model_dir or DEFAULT_MODEL_DIR
+        if not folder.is_dir():
+            raise ModelError(f"no model folder at {folder}; pass --model FOLDER (made by `atp convert`)")
+        pipe = Pipeline.from_dir(folder, strategy, config)
+        try:
+            return cls(pipe, image, show_keep)
+        except Exception:
+            pipe.close()
+            raise
+
+    def answer(self, question: str, echo: bool = True) -> str:
+        t0 = time.perf_counter()
+        first_turn = not self.conv.messages
+        pieces = []
+        for piece in self.conv.ask(question):
+            pieces.append(piece)
+            if echo:
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+        if echo:
+            click.echo()
+        if first_turn:
+            self._record_stats(time.perf_counter() - t0)
+        return "".join(pieces)
+
+    def _record_stats(self, seconds: float) -> None:
+        st = self.pipe.decoder.stats
+        self.last = {
+            "strategy": self.pipe.strategy.name,
+            "visual_tokens_in": int(st.n_visual),
+            "visual_tokens_avg": round(st.visual_tokens_avg, 2),
+            "alive_per_layer": [int(x) for x in st.visual_alive_per_layer],
+            "prefill_seconds": round(st.prefill_seconds, 3),
+            "encode_seconds": round(getattr(self.pipe, "_encode_seconds", 0.0), 3),
+            "kv_bytes": int(self.pipe.decoder.kv_used_bytes()),
+            "turn_seconds": round(seconds, 3),
+        }
+        if self.show_keep is not None and st.kept_raster:
+            grid = grid_shape(self.pipe.n_visual)
+            draw_keep_map(self.conv.image, st.kept_raster, grid, self.show_keep)
+
+    def one_shot(self, question: str, as_json: bool) -> None:
+        text = self.answer(question, echo=not as_json)
+        if as_json:
+            click.echo(json.dumps({"answer": text, **self.last}, indent=2))
+
+    def interactive(self) -> None:
+        click.echo(f"atp chat - image {self.image_path}, strategy {self.pipe.strategy.name}. {HELP}")
+        while True:
+            try:
+                line = input("you> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                click.echo()
+                return
+            if not line:
+                continue
+            try:
+                if line.startswith("/"):
+                    if self._command(line):
+                        return
+                    continue
+                click.echo("atp> ", nl=False)
+                self.answer(line)
+            except KeyboardInterrupt:
+                click.echo("\n[stopped]")
+            except AtpError as e:
+                click.echo(f"error: {e}", err=True)
+
+    def _command(self, line: str) -> bool:
+        cmd, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if cmd in ("/quit", "/exit"):
+            return True
+        if cmd == "/help":
+            click.echo(HELP)
+        elif cmd == "/image":
+            if not arg:
+                raise InputError("/image needs a path")
+            self.conv.set_image(arg)
+            self.image_path = Path(arg)
+            click.echo(f"[new image {arg}; conversation restarted]")
+        elif cmd == "/strategy":
+            self.pipe.set_strategy(arg)
+            self.conv.set_image(self.image_path)
+            click.echo(f"[strategy {self.pipe.strategy.name}; conversation restarted]")
+        elif cmd == "/stats":
+            click.echo(json.dumps(self.last, indent=2) if self.last else "[no answer yet]")
+        else:
+            raise InputError(f"unknown command {cmd}; {HELP}")
+        return False
+
+    def close(self) -> None:
+        self.pipe.close()
+
+    def __enter__(self) -> "ChatSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

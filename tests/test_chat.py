@@ -1,0 +1,77 @@
+"""`atp chat`: one-shot JSON, keep map, interactive commands, multi-turn memory (tiny converted LLaVA)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from click.testing import CliRunner  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from atp_cli.cli import cli  # noqa: E402
+from atp_cli.pipeline import Pipeline, PipelineConfig  # noqa: E402
+from atp_cli.runtime.context import ContextConfig  # noqa: E402
+from tests.test_pipeline import folder, images  # noqa: E402,F401
+
+ARGS = ["--max-tokens", "6", "--n-ctx", "512"]
+
+
+@pytest.fixture()
+def image_file(tmp_path):
+    path = tmp_path / "in.png"
+    images(1, seed=4)[0].save(path)
+    return path
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, standalone_mode=False, catch_exceptions=True)
+
+
+def test_one_shot_json_and_keep_map(folder, image_file, tmp_path):  # noqa: F811
+    keep = tmp_path / "keep.png"
+    res = run("chat", "--model", folder, "--image", image_file, "--strategy", "fastv", "--json", "--show-keep", keep,
+              *ARGS, "what is in the picture")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["strategy"] == "fastv" and data["visual_tokens_in"] == 64
+    assert data["alive_per_layer"][0] == 64 and data["alive_per_layer"][-1] == 16
+    assert isinstance(data["answer"], str) and data["kv_bytes"] > 0
+    with Image.open(keep) as im:
+        assert im.size == (2 * 336, 336 + 18)  # input + one FastV module
+
+
+def test_interactive_commands(folder, image_file):  # noqa: F811
+    script = "what is it\n/stats\n/strategy pdrop\nand now\n/image nowhere.png\n/bogus\n/quit\n"
+    res = run("chat", "--model", folder, "--image", image_file, *ARGS, input=script)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("atp> ") == 2
+    assert '"visual_tokens_avg"' in res.output
+    assert "strategy pdrop" in res.output
+    assert "image not found" in res.output and "unknown command" in res.output
+
+
+def test_missing_model_folder(image_file, tmp_path):
+    res = run("chat", "--model", tmp_path / "none", "--image", image_file, "hello")
+    assert "no model folder" in str(res.exception)
+
+
+def test_multi_turn_keeps_the_image_and_extends(folder):  # noqa: F811
+    cfg = PipelineConfig(context=ContextConfig(n_ctx=512), max_tokens=5)
+    with Pipeline.from_dir(folder, "fastv", cfg, k=1, ratio=0.5) as pipe:
+        conv = pipe.conversation()
+        conv.set_image(images(1, seed=5)[0])
+        first = "".join(conv.ask("what is in the picture"))
+        cells_after_first = [c.n_tokens for c in pipe.decoder.contexts]
+        alive = pipe.decoder.stats.visual_alive_per_layer.copy()
+        second = "".join(conv.ask("and the colour"))
+        cells_after_second = [c.n_tokens for c in pipe.decoder.contexts]
+        assert [m["role"] for m in conv.messages] == ["user", "assistant", "user", "assistant"]
+        assert conv.messages[1]["content"] == first and conv.messages[3]["content"] == second
+        grown = np.array(cells_after_second) - np.array(cells_after_first)
+        assert (grown > 0).all() and len(set(grown.tolist())) == 1  # every segment got the same new text tokens
+        assert (pipe.decoder.stats.visual_alive_per_layer == alive).all()  # the image was not prefilled again
+        assert cells_after_first[0] - cells_after_first[1] == 32  # half of the 64 visual tokens left segment 1
