@@ -13,12 +13,13 @@ from atp_cli.errors import AtpError, InputError, ModelError
 from atp_cli.keep_map import draw_keep_map
 from atp_cli.pipeline import Pipeline, PipelineConfig
 from atp_cli.pruning.sap import grid_shape
+from atp_cli.runtime.owner import Closeable
 
 DEFAULT_MODEL_DIR = Path("~/.cache/atp/default-model").expanduser()
 HELP = "commands: /image PATH, /strategy NAME, /stats, /help, /quit"
 
 
-class ChatSession:
+class ChatSession(Closeable):
     def __init__(self, pipe: Pipeline, image: Path, show_keep: Path | None) -> None:
         self.pipe, self.show_keep = pipe, show_keep
         self.conv = pipe.conversation()
@@ -122,9 +123,3 @@ class ChatSession:
 
     def close(self) -> None:
         self.pipe.close()
-
-    def __enter__(self) -> "ChatSession":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

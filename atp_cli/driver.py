@@ -20,6 +20,7 @@ from atp_cli.errors import InputError
 from atp_cli.prompt_input import Prompt
 from atp_cli.runtime.context import ContextConfig, KvStats, LlamaContext
 from atp_cli.runtime.model import LlamaModel
+from atp_cli.runtime.owner import Closeable
 from atp_cli.sampling import Sampler
 
 
@@ -86,7 +87,7 @@ def check_keep(kept: np.ndarray, alive: np.ndarray, boundary: int) -> np.ndarray
     return kept.astype(np.int32)
 
 
-class SegmentedDecoder:
+class SegmentedDecoder(Closeable):
     """Contexts for the segments of one model; one conversation at a time (not thread-safe)."""
 
     def __init__(
@@ -265,9 +266,3 @@ class SegmentedDecoder:
         for ctx in self.contexts:
             ctx.close()
         self.contexts = []
-
-    def __enter__(self) -> "SegmentedDecoder":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

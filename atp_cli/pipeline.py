@@ -31,6 +31,7 @@ from atp_cli.pruning.store import read_atp
 from atp_cli.pruning.visionzip import VisionZipStyle
 from atp_cli.runtime.context import ContextConfig
 from atp_cli.runtime.model import LlamaModel
+from atp_cli.runtime.owner import Closeable
 from atp_cli.runtime.vision import ImageEncoder
 from atp_cli.sampling import Sampler, SamplerConfig
 
@@ -57,7 +58,7 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-class Pipeline:
+class Pipeline(Closeable):
     def __init__(self, model_path: str | Path, mmproj_path: str | Path, strategy: str = "atp",
                  config: PipelineConfig = PipelineConfig(), **strategy_params) -> None:
         self.config = config
@@ -158,11 +159,7 @@ class Pipeline:
         self.encoder.close()
         self.model.close()
 
-    def __enter__(self) -> "Pipeline":
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _preselect(prompt: Prompt, strategy: VisionZipStyle) -> Prompt:

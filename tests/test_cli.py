@@ -6,7 +6,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from atp_cli.cli import cli
 

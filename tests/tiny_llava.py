@@ -53,8 +53,16 @@ def build_tiny_llava(folder: Path, tower: str = "clip", grid: int = 4, patch: in
     import shutil
 
     import torch
-    from transformers import (AutoTokenizer, CLIPVisionConfig, Dinov2Config, LlamaConfig, LlamaTokenizer,
-                              LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig)
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionConfig,
+        Dinov2Config,
+        LlamaConfig,
+        LlamaTokenizer,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        SiglipVisionConfig,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
     if bpe_from is None:

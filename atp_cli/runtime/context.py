@@ -16,6 +16,7 @@ from llama_cpp import llama_cpp as llama
 from atp_cli.errors import DecodeError, InputError
 from atp_cli.runtime.model import LlamaModel
 from atp_cli.runtime.native import SegmentParams, atp_lib
+from atp_cli.runtime.owner import Closeable
 
 _KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30}  # enum ggml_type
 _FLASH_ATTN = {None: -1, False: 0, True: 1}  # enum llama_flash_attn_type: auto, disabled, enabled
@@ -109,7 +110,7 @@ class _Batch:
             self.raw = None
 
 
-class LlamaContext:
+class LlamaContext(Closeable):
     """One context over `model`: layers [il_begin, il_end), or the stock whole decoder if `stock`.
 
     Positions are tracked here (llama.cpp asserts on out-of-order input): every decode must continue
@@ -293,12 +294,3 @@ class LlamaContext:
             self.ptr = None
             self._tok_batch.free()
             self._emb_batch.free()
-
-    def __enter__(self) -> "LlamaContext":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()

@@ -10,6 +10,7 @@ import numpy as np
 from llama_cpp import llama_cpp as llama
 
 from atp_cli.errors import InputError, ModelError
+from atp_cli.runtime.owner import Closeable
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def check_gguf_file(path: Path) -> None:
         raise ModelError(f"{path} is not a GGUF file (magic {magic!r})")
 
 
-class LlamaModel:
+class LlamaModel(Closeable):
     """A llama.cpp model loaded once and shared by every context made from it."""
 
     def __init__(self, path: str | Path, n_gpu_layers: int = 0, use_mmap: bool = True) -> None:
@@ -102,12 +103,3 @@ class LlamaModel:
         if getattr(self, "ptr", None):
             llama.llama_model_free(self.ptr)
             self.ptr = None
-
-    def __enter__(self) -> "LlamaModel":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()

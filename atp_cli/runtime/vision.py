@@ -11,11 +11,12 @@ from PIL import Image
 
 from atp_cli.errors import InputError, ModelError
 from atp_cli.runtime.model import LlamaModel, check_gguf_file
+from atp_cli.runtime.owner import Closeable
 
 MAX_IMAGE_PIXELS = 64_000_000  # refuse before allocating: mtmd resizes on the CPU anyway
 
 
-class ImageEncoder:
+class ImageEncoder(Closeable):
     """Vision tower + projector from an mmproj GGUF, tied to the language model it feeds."""
 
     def __init__(self, mmproj: str | Path, model: LlamaModel, n_threads: int = 0, warmup: bool = False) -> None:
@@ -78,12 +79,3 @@ class ImageEncoder:
         if getattr(self, "ptr", None):
             mtmd.mtmd_free(self.ptr)
             self.ptr = None
-
-    def __enter__(self) -> "ImageEncoder":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
