@@ -53,7 +53,7 @@ def test_torch_scoring_mirrors_numpy():
     np.testing.assert_allclose(f.numpy(), pooled_features(s), rtol=1e-12)
     net = scoring.ThresholdNet(8)
     theta = net(f)
-    np.testing.assert_allclose([float(x) for x in theta], net.export().thresholds(pooled_features(s)), rtol=1e-5)
+    np.testing.assert_allclose([float(x.detach()) for x in theta], net.export().thresholds(pooled_features(s)), rtol=1e-5)
 
 
 def test_budget_loss_lowers_the_token_count(setup, tmp_path):
