@@ -197,6 +197,20 @@ def chat(question: str | None, image: Path, model_dir: Path | None, strategy: st
             session.interactive()
 
 
+@cli.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
+@click.option("-n", "count", type=int, default=1000, show_default=True, help="Examples to write.")
+@click.option("--start", type=int, default=0, show_default=True, help="First example index (seeded per index).")
+def data(out: Path, split: str, count: int, start: int) -> None:
+    """Write generated scene question-answer data (images + LLaVA-format JSONL) into OUT."""
+    from atp_cli.data.scenes import write_split
+
+    if count < 1:
+        raise click.BadParameter("-n must be at least 1")
+    click.echo(f"wrote {write_split(out, split, count, start)}")
+
+
 def _int_tuple(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None
