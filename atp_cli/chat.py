@@ -15,7 +15,6 @@ from atp_cli.pipeline import Pipeline, PipelineConfig
 from atp_cli.pruning.sap import grid_shape
 from atp_cli.runtime.owner import Closeable
 
-DEFAULT_MODEL_DIR = Path("~/.cache/atp/default-model").expanduser()
 HELP = "commands: /image PATH, /strategy NAME, /stats, /help, /quit"
 
 
@@ -30,7 +29,9 @@ class ChatSession(Closeable):
     @classmethod
     def open(cls, model_dir: Path | None, strategy: str, config: PipelineConfig, image: Path,
              show_keep: Path | None) -> "ChatSession":
-        folder = model_dir or DEFAULT_MODEL_DIR
+        from atp_cli.default_model import DEFAULT_DIR, build_default_model
+
+        folder = model_dir or build_default_model(DEFAULT_DIR)
         if not folder.is_dir():
             raise ModelError(f"no model folder at {folder}; pass --model FOLDER (made by `atp convert`)")
         pipe = Pipeline.from_dir(folder, strategy, config)

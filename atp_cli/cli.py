@@ -211,6 +211,16 @@ def data(out: Path, split: str, count: int, start: int) -> None:
     click.echo(f"wrote {write_split(out, split, count, start)}")
 
 
+@cli.command("default-model")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder to write (default: ~/.cache/atp/default-model).")
+@click.option("--force", is_flag=True, help="Rebuild even if the folder exists.")
+def default_model(out: Path | None, force: bool) -> None:
+    """Assemble the default model (DINOv2-S + trained projector + SmolLM2-135M + ATP) from packaged weights."""
+    from atp_cli.default_model import DEFAULT_DIR, build_default_model
+
+    click.echo(f"default model in {build_default_model(out or DEFAULT_DIR, force)}")
+
+
 def _int_tuple(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None

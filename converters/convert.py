@@ -34,6 +34,7 @@ class ConvertOptions:
     keep_cls: bool = True
     force: bool = False
     atp: AtpWeights | None = None
+    llm_gguf: Path | None = None  # use this GGUF language model as it is instead of converting the checkpoint's
 
 
 @dataclass
@@ -75,13 +76,13 @@ def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOpti
         opts.atp.validate(ckpt.text.get("num_hidden_layers"))
     out.parent.mkdir(parents=True, exist_ok=True)
     _check_disk(ckpt, out.parent, opts.outtype)
-    image_size = opts.image_size or ckpt.vision["image_size"]
+    image_size = opts.image_size or int(ckpt.preprocessor.get("crop_size", {}).get("height", ckpt.vision["image_size"]))
     work = out.parent / f".{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     summary = ConvertSummary()
     try:
-        model_name = MODEL_FILE.format(outtype=opts.outtype)
+        model_name = MODEL_FILE.format(outtype=opts.outtype if opts.llm_gguf is None else "given")
         mmproj_name = MMPROJ_FILE.format(kind="f16" if opts.mmproj_f16 else "f32")
         with tqdm(total=3, desc="convert", unit="stage", leave=True) as bar:
             bar.set_postfix_str("vision tower + projector")
@@ -89,7 +90,10 @@ def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOpti
             write_mmproj(ckpt, work / mmproj_name, image_size, opts.keep_cls, opts.mmproj_f16, extra)
             bar.update()
             bar.set_postfix_str(f"language model ({'convert + quantize' if opts.outtype not in ('f32', 'f16', 'bf16', 'q8_0') else 'convert'})")
-            convert_text_model(src, work / model_name, opts.outtype, log_file=work / "convert.log")
+            if opts.llm_gguf is not None:
+                _copy_llm(opts.llm_gguf, ckpt, work / model_name)
+            else:
+                convert_text_model(src, work / model_name, opts.outtype, log_file=work / "convert.log")
             bar.update()
             bar.set_postfix_str("finishing")
             _replace_folder(work, out)
@@ -102,6 +106,19 @@ def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOpti
         shutil.rmtree(work, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _copy_llm(gguf_path: Path, ckpt: LlavaCheckpoint, dst: Path) -> None:
+    """Take an existing GGUF language model, after checking it is the checkpoint's (width and depth)."""
+    reader = gguf.GGUFReader(gguf_path)
+    arch = reader.fields["general.architecture"].contents()
+    width = int(reader.fields[f"{arch}.embedding_length"].contents())
+    depth = int(reader.fields[f"{arch}.block_count"].contents())
+    want = (ckpt.text["hidden_size"], ckpt.text.get("num_hidden_layers"))
+    if (width, depth) != want:
+        raise InputError(f"{gguf_path} is {width} wide and {depth} deep; the checkpoint's language model is "
+                         f"{want[0]} wide and {want[1]} deep")
+    shutil.copyfile(gguf_path, dst)
 
 
 def _replace_folder(work: Path, out: Path) -> None:

@@ -61,7 +61,7 @@ def _image_setup(model, ckpt: Path) -> tuple[int, int, list, list]:
     vc = model.config.vision_config
     pre_path = ckpt / "preprocessor_config.json"
     pre = json.loads(pre_path.read_text()) if pre_path.is_file() else {}
-    size = vc.image_size
+    size = int(pre.get("crop_size", {}).get("height", vc.image_size))  # the size the mmproj is converted at
     n_visual = (size // vc.patch_size) ** 2
     return size, n_visual, pre.get("image_mean", [0.5] * 3), pre.get("image_std", [0.5] * 3)
 
@@ -173,3 +173,70 @@ def _save_tuned(model, tokenizer, src: Path, dst: Path, cfg: TrainConfig) -> Non
         if (src / extra).is_file():
             (dst / extra).write_bytes((src / extra).read_bytes())
     (dst / "atp_train.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    steps: int = 500
+    accumulate: int = 4
+    lr: float = 1e-3
+    seed: int = 0
+    save_every: int = 25  # steps between snapshots of projector.safetensors in `out`
+
+
+def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: ProjectorConfig = ProjectorConfig(),
+                    on_step: Callable[[StepLog], None] | None = None) -> Path:
+    """Stage 1 of LLaVA: only the projector learns (tower and language model frozen), next-token loss.
+
+    Writes the whole checkpoint with the trained projector to `out` (llava-hf layout)."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    samples = load_samples(data)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint, torch_dtype=torch.float32).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    size, n_visual, mean, std = _image_setup(model, checkpoint)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(model.model.multi_modal_projector.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    image_id = model.config.image_token_index
+    for step in range(cfg.steps):
+        opt.zero_grad()
+        losses = []
+        for _ in range(cfg.accumulate):
+            sample = random.choice(samples)
+            tokens = encode_sample(tokenizer, sample, image_id, n_visual)
+            ids = torch.from_numpy(tokens.input_ids)[None].to(device)
+            labels = torch.from_numpy(tokens.labels)[None].to(device)
+            pixels = torch.from_numpy(pixel_values(load_image(sample.image), size, mean, std))[None].to(device)
+            loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
+            (loss / cfg.accumulate).backward()
+            losses.append(float(loss))
+        opt.step()
+        if on_step is not None:
+            on_step(StepLog(step, float(np.mean(losses)), float(np.mean(losses)), 0.0, float(n_visual)))
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            _save_projector(model, out / "projector.safetensors")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    for extra in ("preprocessor_config.json", "tokenizer.model"):
+        if (checkpoint / extra).is_file():
+            (out / extra).write_bytes((checkpoint / extra).read_bytes())
+    return out
+
+
+def _save_projector(model, path: Path) -> None:
+    """The projector alone (a few MB): what the default model commits."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    tmp = path.with_name(path.name + ".part")
+    save_file(state, str(tmp))
+    tmp.replace(path)

