@@ -24,5 +24,9 @@ def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
 def quiet_llama_logs(level: int = logging.WARNING) -> None:
     """Forward llama.cpp messages at `level` and above to the 'llama.cpp' logger; drop the rest."""
+    from llama_cpp import mtmd_cpp
+
     _state["level"] = level
     llama.llama_log_set(_on_log, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_log_set(_on_log, ctypes.c_void_p(0))  # libmtmd (clip) logs on its own channel
+    mtmd_cpp.mtmd_helper_log_set(_on_log, ctypes.c_void_p(0))

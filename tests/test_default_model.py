@@ -1,0 +1,27 @@
+"""The default model assembles from packaged weights + committed artifacts and answers through the Pipeline."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("onnx")
+
+from atp_cli.data.scenes import make_example  # noqa: E402
+from atp_cli.default_model import PROJECTOR, build_default_model  # noqa: E402
+from atp_cli.pipeline import Pipeline, PipelineConfig  # noqa: E402
+from atp_cli.runtime.context import ContextConfig  # noqa: E402
+
+
+@pytest.mark.skipif(not PROJECTOR.is_file(), reason="no trained projector committed")
+def test_default_model_answers_with_576_visual_tokens(tmp_path):
+    folder = build_default_model(tmp_path / "default", force=True)
+    ex = make_example("val", 0)
+    cfg = PipelineConfig(context=ContextConfig(n_ctx=1024), max_tokens=6)
+    with Pipeline.from_dir(folder, "none", cfg) as pipe:
+        full = pipe(ex.image, ex.question)
+        assert full.visual_in == 576 and full.stats.visual_tokens_avg == 576
+        pipe.set_strategy("atp-free")
+        pruned = pipe(ex.image, ex.question)
+        assert pruned.stats.visual_tokens_avg < 576
+        assert full.text and pruned.text
