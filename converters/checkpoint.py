@@ -57,11 +57,6 @@ class LlavaCheckpoint:
     def feature_layer(self) -> int:
         return int(self.config.get("vision_feature_layer", -2))
 
-    @property
-    def projector_kind(self) -> str:
-        """'mlp' (linear_1 -> GELU -> linear_2, LLaVA's mlp2x_gelu) or 'linear'."""
-        return "linear" if self.config.get("projector_type") == "linear" else "mlp"
-
 
 def _load_json(path: Path) -> dict:
     try:

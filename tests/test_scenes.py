@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from atp_cli.data.scenes import (COLOURS, QUESTION_TYPES, SIZE, exact_match, make_example, normalise,
-                                 write_split)
+from atp_cli.data.scenes import COLOURS, QUESTION_TYPES, SIZE, exact_match, make_example, normalise, write_split
 from atp_cli.errors import InputError
 from atp_cli.train.data import load_samples
 

@@ -57,6 +57,17 @@ class StepLog:
     tokens_avg: float
 
 
+def _load(checkpoint: Path, seed: int):
+    """(model on the GPU when present, tokenizer, device), with every random source seeded."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).to(device)
+    return model, AutoTokenizer.from_pretrained(checkpoint), device
+
+
 def _image_setup(model, ckpt: Path) -> tuple[int, int, list, list]:
     vc = model.config.vision_config
     pre_path = ckpt / "preprocessor_config.json"
@@ -86,15 +97,9 @@ def _llm_params(model, cfg: TrainConfig) -> list[torch.nn.Parameter]:
 
 def train(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(),
           on_step: Callable[[StepLog], None] | None = None, save_model: str | Path | None = None) -> AtpWeights:
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
     checkpoint = Path(checkpoint)
     samples = load_samples(data)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = LlavaForConditionalGeneration.from_pretrained(checkpoint, torch_dtype=torch.float32).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model, tokenizer, device = _load(checkpoint, cfg.seed)
     n_layer = model.config.text_config.num_hidden_layers
     size, n_visual, mean, std = _image_setup(model, checkpoint)
     if not 0 < cfg.budget <= n_visual:
@@ -189,15 +194,9 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     """Stage 1 of LLaVA: only the projector learns (tower and language model frozen), next-token loss.
 
     Writes the whole checkpoint with the trained projector to `out` (llava-hf layout)."""
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
     checkpoint, out = Path(checkpoint), Path(out)
     samples = load_samples(data)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = LlavaForConditionalGeneration.from_pretrained(checkpoint, torch_dtype=torch.float32).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model, tokenizer, device = _load(checkpoint, cfg.seed)
     size, n_visual, mean, std = _image_setup(model, checkpoint)
     for p in model.parameters():
         p.requires_grad_(False)
