@@ -9,8 +9,6 @@ decoder segments acts on those rows.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gguf
 import numpy as np
 from PIL import Image
@@ -63,15 +61,3 @@ class ColourProbe:
         if grid < 2:
             raise InputError("grid must be at least 2")
         return np.stack([self.rows[c] for c in patch_colours(image, grid)]).astype(np.float32)
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file, with a clear error for anything that is not one."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except FileNotFoundError as e:
-        raise InputError(f"image not found: {path}") from e
-    except (OSError, Image.DecompressionBombError) as e:
-        raise InputError(f"cannot read {path} as an image: {e}") from e

@@ -54,6 +54,6 @@ class Conversation:
                 yield piece
         finally:
             self.messages.append({"role": "assistant", "content": "".join(answer)})
-            stop = getattr(dec, "stop_token", None)
+            stop = dec.stop_token
             if stop is not None:  # close the turn in the cache
                 dec.extend([stop])

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from atp_cli.assets import smollm2_gguf
-from atp_cli.colour_probe import ColourProbe, load_image
+from atp_cli.colour_probe import ColourProbe
 from atp_cli.driver import SegmentedDecoder
 from atp_cli.generation import stream_text
+from atp_cli.image_input import load_image
 from atp_cli.prompt_input import Prompt, Span
 from atp_cli.pruning.baselines import FastV
 from atp_cli.runtime.context import ContextConfig

@@ -114,6 +114,7 @@ class SegmentedDecoder(Closeable):
             raise
         self.next_pos = 0
         self.stats = PrefillStats()
+        self.stop_token: int | None = None  # end-of-generation token of the last generate(), not fed
 
     @property
     def boundaries(self) -> list[int]:
@@ -245,7 +246,7 @@ class SegmentedDecoder(Closeable):
         """Sample from `logits`, feed the token back, repeat; stops at end-of-generation or max_tokens.
 
         The end-of-generation token is not fed; it is left in `stop_token` (None when max_tokens ended it)."""
-        self.stop_token: int | None = None
+        self.stop_token = None
         for _ in range(max_tokens):
             token = sampler.sample(logits)
             if self.model.is_eog(token):

@@ -148,6 +148,7 @@ class LlamaContext(Closeable):
         self.pos_max = -1  # last position in the cache
         self.n_tokens = 0  # tokens in the cache
         self._last_n = 0  # tokens of the last decode call
+        self._pending_hidden: list[np.ndarray] = []  # earlier n_batch chunks of the last decode call
 
     def _validate_range(self) -> None:
         n = self.model.n_layer
@@ -233,6 +234,8 @@ class LlamaContext(Closeable):
 
     def hidden_all(self) -> np.ndarray:
         """Hidden states of every token of the last `decode_*` call, across its n_batch chunks."""
+        if not self._pending_hidden:  # one chunk (every decode step): no second copy
+            return self.hidden()
         return np.concatenate([*self._pending_hidden, self.hidden()], axis=0)
 
     def logits(self) -> np.ndarray:

@@ -10,10 +10,9 @@ from llama_cpp import mtmd_cpp as mtmd
 from PIL import Image
 
 from atp_cli.errors import InputError, ModelError
+from atp_cli.image_input import MAX_PIXELS
 from atp_cli.runtime.model import LlamaModel, check_gguf_file
 from atp_cli.runtime.owner import Closeable
-
-MAX_IMAGE_PIXELS = 64_000_000  # refuse before allocating: mtmd resizes on the CPU anyway
 
 
 class ImageEncoder(Closeable):
@@ -53,8 +52,8 @@ class ImageEncoder(Closeable):
         """(n_tokens, n_embd) float32 rows in raster order."""
         rgb = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
         h, w = rgb.shape[:2]
-        if h * w > MAX_IMAGE_PIXELS or min(h, w) < 1:
-            raise InputError(f"image of {w}x{h} pixels is outside what atp accepts (1 .. {MAX_IMAGE_PIXELS} pixels)")
+        if h * w > MAX_PIXELS or min(h, w) < 1:
+            raise InputError(f"image of {w}x{h} pixels is outside what atp accepts (1 .. {MAX_PIXELS} pixels)")
         bitmap = mtmd.mtmd_bitmap_init(w, h, rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
         chunks = mtmd.mtmd_input_chunks_init()
         try:

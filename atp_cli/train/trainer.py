@@ -174,9 +174,7 @@ def _save_tuned(model, tokenizer, src: Path, dst: Path, cfg: TrainConfig) -> Non
     else:
         model.save_pretrained(dst)
     tokenizer.save_pretrained(dst)
-    for extra in ("preprocessor_config.json", "tokenizer.model"):
-        if (src / extra).is_file():
-            (dst / extra).write_bytes((src / extra).read_bytes())
+    _copy_side_files(src, dst)
     (dst / "atp_train.json").write_text(json.dumps(asdict(cfg), indent=2))
 
 
@@ -224,9 +222,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
             _save_projector(model, out / "projector.safetensors")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    for extra in ("preprocessor_config.json", "tokenizer.model"):
-        if (checkpoint / extra).is_file():
-            (out / extra).write_bytes((checkpoint / extra).read_bytes())
+    _copy_side_files(checkpoint, out)
     return out
 
 
@@ -239,3 +235,10 @@ def _save_projector(model, path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
     save_file(state, str(tmp))
     tmp.replace(path)
+
+
+def _copy_side_files(src: Path, dst: Path) -> None:
+    """Files save_pretrained does not write but `atp convert` and training read."""
+    for extra in ("preprocessor_config.json", "tokenizer.model"):
+        if (src / extra).is_file():
+            (dst / extra).write_bytes((src / extra).read_bytes())
