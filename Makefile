@@ -27,7 +27,17 @@ $(VENV)/.atp-installed: pyproject.toml | wheel
 	$(BIN)/pip install -q -e ".[dev,train]"
 	touch $@
 
-setup: wheel $(VENV)/.atp-installed
+# Fashion-MNIST for the mosaic questions (Debian package; optional: without it only mosaics are unavailable)
+$(VENV)/.fashion-mnist: | $(BIN)/python
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
+	  echo "note: dataset-fashion-mnist could not be installed; mosaic questions are unavailable"; \
+	else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for the mosaic questions"; fi
+	touch $@
+
+setup: wheel $(VENV)/.atp-installed $(VENV)/.fashion-mnist
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -202,13 +202,22 @@ def chat(question: str | None, image: Path, model_dir: Path | None, strategy: st
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
 @click.option("-n", "count", type=int, default=1000, show_default=True, help="Examples to write.")
 @click.option("--start", type=int, default=0, show_default=True, help="First example index (seeded per index).")
-def data(out: Path, split: str, count: int, start: int) -> None:
-    """Write generated scene question-answer data (images + LLaVA-format JSONL) into OUT."""
-    from atp_cli.data.scenes import write_split
+@click.option("--source", type=click.Choice(["scenes", "mosaics", "mix"]), default="scenes", show_default=True,
+              help="Rendered scenes, Fashion-MNIST mosaics (Debian package dataset-fashion-mnist), or both mixed.")
+@click.option("--photos", is_flag=True, help="Write the demo photos (PNG) into OUT instead of question-answer data.")
+def data(out: Path, split: str, count: int, start: int, source: str, photos: bool) -> None:
+    """Write generated question-answer data (images + LLaVA-format JSONL) into OUT."""
+    if photos:
+        from atp_cli.data.photos import write_photos
+
+        click.echo(f"wrote {len(write_photos(out))} photos into {out}")
+        return
+    from atp_cli.data.mix import SOURCES, write_mixed_split
 
     if count < 1:
         raise click.BadParameter("-n must be at least 1")
-    click.echo(f"wrote {write_split(out, split, count, start)}")
+    sources = tuple(SOURCES) if source == "mix" else (source,)
+    click.echo(f"wrote {write_mixed_split(out, split, count, sources, start)}")
 
 
 @cli.command("default-model")
@@ -228,6 +237,15 @@ def _int_tuple(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(x) for x in text.split(","))
     except ValueError as e:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from e
+
+
+def _register_bench() -> None:
+    from atp_cli.bench.cli import bench
+
+    cli.add_command(bench)
+
+
+_register_bench()
 
 
 def main() -> None:

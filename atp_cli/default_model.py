@@ -8,6 +8,7 @@ Only the projector (and the ATP modules) are the project's own trained weights, 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,10 @@ IMAGE_TOKEN = "<filename>"  # a SmolLM2 special token that never occurs in chat 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = None, seed: int = 0) -> Path:
-    """Write the llava-hf checkpoint of the default model to `out` (projector: trained weights or a seeded init)."""
+def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = None, seed: int = 0,
+                        lora_path: Path | None = None) -> Path:
+    """Write the llava-hf checkpoint of the default model to `out` (projector: trained weights or a seeded init;
+    lora_path: trained adapters, merged into SmolLM2's weights)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
@@ -39,6 +42,10 @@ def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = Non
     model.model.vision_tower.load_state_dict(dinov2_model().state_dict())
     model.model.language_model.load_state_dict(lm.model.state_dict())
     model.lm_head.weight = model.model.language_model.embed_tokens.weight  # tied, as SmolLM2
+    if lora_path is not None:
+        from atp_cli.train import lora
+
+        lora.merge(model.model.language_model, lora_path)
     if projector is not None:
         model.model.multi_modal_projector.load_state_dict({k: torch.from_numpy(v) for k, v in projector.items()})
     out.mkdir(parents=True, exist_ok=True)
@@ -52,13 +59,25 @@ def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = Non
 
 ARTIFACTS = Path(__file__).resolve().parent / "assets_default"
 PROJECTOR = ARTIFACTS / "projector.safetensors"
+LORA = ARTIFACTS / "lora.safetensors"
 ATP_WEIGHTS = ARTIFACTS / "atp.safetensors"
 DEFAULT_DIR = Path("~/.cache/atp/default-model").expanduser()
 
 
+def artifacts_digest() -> str:
+    """Hash of the committed trained artifacts: a cached default model built from other artifacts is rebuilt."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in (PROJECTOR, LORA, ATP_WEIGHTS):
+        h.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    return h.hexdigest()
+
+
 def build_default_model(out: Path = DEFAULT_DIR, force: bool = False) -> Path:
     """Assemble the default model folder (model GGUF + mmproj with ATP data) from package weights and the
-    committed artifacts; nothing is trained here."""
+    committed artifacts; nothing is trained here. With LoRA adapters the merged language model is converted
+    (q8_0); without them the packaged SmolLM2 GGUF is used as it is."""
     import tempfile
 
     from safetensors.numpy import load_file
@@ -68,12 +87,16 @@ def build_default_model(out: Path = DEFAULT_DIR, force: bool = False) -> Path:
     from atp_cli.pruning.store import load_safetensors
     from converters.convert import ConvertOptions, convert
 
-    if out.is_dir() and not force:
+    stamp = out / "artifacts.sha256"
+    if out.is_dir() and not force and stamp.is_file() and stamp.read_text() == artifacts_digest():
         return out
     if not PROJECTOR.is_file():
         raise ModelError(f"the trained projector {PROJECTOR} is missing; train it with scripts/train_default_model.py")
     weights = load_safetensors(ATP_WEIGHTS) if ATP_WEIGHTS.is_file() else None
+    lora = LORA if LORA.is_file() else None
+    llm = ConvertOptions(outtype="q8_0") if lora else ConvertOptions(llm_gguf=smollm2_gguf())
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = assemble_checkpoint(Path(tmp) / "ckpt", load_file(str(PROJECTOR)))
-        convert(ckpt, out, ConvertOptions(llm_gguf=smollm2_gguf(), atp=weights, force=True, image_size=IMAGE_SIZE))
+        ckpt = assemble_checkpoint(Path(tmp) / "ckpt", load_file(str(PROJECTOR)), lora_path=lora)
+        convert(ckpt, out, replace(llm, atp=weights, force=True, image_size=IMAGE_SIZE))
+    stamp.write_text(artifacts_digest())
     return out

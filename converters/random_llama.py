@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
@@ -51,33 +52,36 @@ def _vocab(shape: LlamaShape) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
+def tensor_shapes(shape: LlamaShape) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor names and (out, in) shapes, in file order."""
+    d, dh, ff = shape.n_embd, shape.head_dim, shape.n_ff
+    dims: dict[str, tuple[int, ...]] = {"token_embd.weight": (shape.n_vocab, d), "output_norm.weight": (d,),
+                                        "output.weight": (shape.n_vocab, d)}
+    for i in range(shape.n_layer):
+        dims.update({
+            f"blk.{i}.attn_norm.weight": (d,), f"blk.{i}.attn_q.weight": (shape.n_head * dh, d),
+            f"blk.{i}.attn_k.weight": (shape.n_head_kv * dh, d), f"blk.{i}.attn_v.weight": (shape.n_head_kv * dh, d),
+            f"blk.{i}.attn_output.weight": (d, shape.n_head * dh), f"blk.{i}.ffn_norm.weight": (d,),
+            f"blk.{i}.ffn_gate.weight": (ff, d), f"blk.{i}.ffn_up.weight": (ff, d), f"blk.{i}.ffn_down.weight": (d, ff),
+        })
+    return dims
+
+
+def iter_random_weights(shape: LlamaShape, seed: int = 0, scale: float = 0.5) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, float32 weight) one tensor at a time: a 7B-shape file is written without holding it in memory."""
+    rng = np.random.default_rng(seed)
+    for name, dims in tensor_shapes(shape).items():
+        if len(dims) == 1:
+            yield name, (1.0 + 0.1 * rng.standard_normal(dims, dtype=np.float32))
+        elif name == "token_embd.weight":
+            yield name, rng.standard_normal(dims, dtype=np.float32)
+        else:
+            yield name, rng.standard_normal(dims, dtype=np.float32) * np.float32(scale / np.sqrt(dims[1]))
+
+
 def random_weights(shape: LlamaShape, seed: int = 0, scale: float = 0.5) -> dict[str, np.ndarray]:
     """GGUF-named float32 weights, (out, in) row-major as llama.cpp reads them."""
-    rng = np.random.default_rng(seed)
-    d, dh, ff = shape.n_embd, shape.head_dim, shape.n_ff
-
-    def mat(n_out: int, n_in: int) -> np.ndarray:
-        return (rng.standard_normal((n_out, n_in)) * scale / np.sqrt(n_in)).astype(np.float32)
-
-    def norm() -> np.ndarray:
-        return (1.0 + 0.1 * rng.standard_normal(d)).astype(np.float32)
-
-    w = {
-        "token_embd.weight": (rng.standard_normal((shape.n_vocab, d))).astype(np.float32),
-        "output_norm.weight": norm(),
-        "output.weight": mat(shape.n_vocab, d),
-    }
-    for i in range(shape.n_layer):
-        w[f"blk.{i}.attn_norm.weight"] = norm()
-        w[f"blk.{i}.attn_q.weight"] = mat(shape.n_head * dh, d)
-        w[f"blk.{i}.attn_k.weight"] = mat(shape.n_head_kv * dh, d)
-        w[f"blk.{i}.attn_v.weight"] = mat(shape.n_head_kv * dh, d)
-        w[f"blk.{i}.attn_output.weight"] = mat(d, shape.n_head * dh)
-        w[f"blk.{i}.ffn_norm.weight"] = norm()
-        w[f"blk.{i}.ffn_gate.weight"] = mat(ff, d)
-        w[f"blk.{i}.ffn_up.weight"] = mat(ff, d)
-        w[f"blk.{i}.ffn_down.weight"] = mat(d, ff)
-    return w
+    return dict(iter_random_weights(shape, seed, scale))
 
 
 def write_llama_gguf(
@@ -90,10 +94,10 @@ def write_llama_gguf(
 ) -> Path:
     """Write a llama GGUF (float32, or float16 matrices with `f16`) atomically and return its path.
 
+    Without `weights` the random tensors are generated and written one at a time (constant memory).
     `arch` exists so that tests can produce a file of another architecture name with the same tensors.
     """
     path = Path(path)
-    weights = random_weights(shape, seed) if weights is None else weights
     tokens, scores, types = _vocab(shape)
 
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
@@ -120,12 +124,16 @@ def write_llama_gguf(
         w.add_eos_token_id(2)
         w.add_unk_token_id(0)
         w.add_add_bos_token(True)
-        for name, arr in weights.items():
-            dtype = np.float16 if f16 and arr.ndim == 2 else np.float32
-            w.add_tensor(name, np.ascontiguousarray(arr, dtype=dtype))
+        dims = tensor_shapes(shape) if weights is None else {k: v.shape for k, v in weights.items()}
+        stored = {name: np.float16 if f16 and len(d) == 2 else np.float32 for name, d in dims.items()}
+        for name, d in dims.items():
+            w.add_tensor_info(name, d, np.dtype(stored[name]), int(np.prod(d)) * np.dtype(stored[name]).itemsize)
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_ti_data_to_file()
+        source = iter_random_weights(shape, seed) if weights is None else iter(weights.items())
+        for name, arr in source:
+            w.write_tensor_data(np.ascontiguousarray(arr, dtype=stored[name]))
         w.close()
         os.replace(tmp, path)
     finally:

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_cli.assets import smollm2_gguf  # noqa: E402
-from atp_cli.driver import ModuleInput, SegmentedDecoder  # noqa: E402
+from atp_cli.bench.speed import Schedule  # noqa: E402
+from atp_cli.driver import SegmentedDecoder  # noqa: E402
 from atp_cli.prompt_input import Prompt, Span  # noqa: E402
 from atp_cli.runtime.context import ContextConfig  # noqa: E402
 from atp_cli.runtime.log import quiet_llama_logs  # noqa: E402
@@ -38,30 +38,6 @@ from converters.random_llama import LlamaShape, random_weights, write_llama_gguf
 
 N_VISUAL, N_BEFORE, N_AFTER, N_DECODE = 576, 10, 20, 32
 LLAMA_1B = LlamaShape(n_layer=16, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_ctx_train=4096)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Keep a fraction of the *original* visual tokens from each boundary on."""
-
-    name: str
-    boundaries: tuple[int, ...]
-    keep: tuple[float, ...]
-
-    def token_layer_ratio(self, n_layer: int) -> float:
-        edges = [0, *self.boundaries, n_layer]
-        fracs = [1.0, *self.keep]
-        return sum((e - b) * f for b, e, f in zip(edges[:-1], edges[1:], fracs)) / n_layer
-
-    def keep_fn(self):
-        fractions = dict(zip(self.boundaries, self.keep))
-
-        def keep(view: ModuleInput) -> np.ndarray:
-            n = max(1, round(fractions[view.boundary] * N_VISUAL))
-            order = np.argsort(-view.attn_tv.mean(0), kind="stable")[:n]  # strongest text->vision
-            return np.sort(view.visual_pos[order])
-
-        return keep
 
 
 def schedules(n_layer: int) -> list[Schedule]:

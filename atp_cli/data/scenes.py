@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,13 +132,19 @@ def exact_match(prediction: str, answer: str) -> bool:
     return p[: len(a)] == a
 
 
-def write_split(out: str | Path, split: str, n: int, start: int = 0) -> Path:
-    """Write n examples as PNG files and a LLaVA-format JSONL (`{split}.jsonl`) into `out`."""
+MakeExample = Callable[[str, int], Example]
+
+
+def write_split(out: str | Path, split: str, n: int, start: int = 0, make: MakeExample = make_example) -> Path:
+    """Write n examples as PNG files and a LLaVA-format JSONL (`{split}.jsonl`) into `out`.
+
+    `make(split, index)` draws each example (scenes by default), so every source shares one record format.
+    """
     out = Path(out)
     (out / split).mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(start, start + n):
-        ex = make_example(split, i)
+        ex = make(split, i)
         rel = f"{split}/{i:06d}.png"
         tmp = out / f"{rel}.part"
         ex.image.save(tmp, format="PNG")

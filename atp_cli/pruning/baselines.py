@@ -60,13 +60,16 @@ class PyramidDrop:
     `keep_ratio` (paper: 0.5) of the alive tokens by the last instruction token's attention."""
 
     keep_ratio: float = 0.5
+    stages: tuple[float, ...] = (0.25, 0.5, 0.75)  # fractions of the depth where a stage starts
     name: str = "pdrop"
 
     def __post_init__(self) -> None:
         check_ratio(self.keep_ratio)
+        if not self.stages or any(not 0 < f < 1 for f in self.stages):
+            raise InputError(f"pdrop stages must be fractions of the depth in (0, 1), got {self.stages}")
 
     def boundaries(self, n_layer: int) -> list[int]:
-        return sorted({b for b in (round(n_layer * f) for f in (0.25, 0.5, 0.75)) if 0 < b < n_layer})
+        return sorted({b for b in (round(n_layer * f) for f in self.stages) if 0 < b < n_layer})
 
     def __call__(self, view: ModuleInput) -> np.ndarray:
         return top_by_last_query(view, n_keep_of(self.keep_ratio, len(view.visual_pos)))

@@ -45,7 +45,8 @@ def make_strategy(name: str, n_layer: int, n_visual: int, weights: AtpWeights | 
     if name == "fastv":
         return FastV(k=k, keep_ratio=ratio)
     if name == "pdrop":
-        return PyramidDrop(keep_ratio=float(params.get("ratio", 0.5)))
+        stages = tuple(float(f) for f in params.get("stages", (0.25, 0.5, 0.75)))
+        return PyramidDrop(keep_ratio=float(params.get("ratio", 0.5)), stages=stages)
     if name == "visionzip-style":
         return VisionZipStyle(int(params.get("dominant", 54)), int(params.get("context", 10)))
     if name == "uniform":

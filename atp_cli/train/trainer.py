@@ -24,6 +24,7 @@ from atp_cli.errors import InputError
 from atp_cli.image_input import load_image, pixel_values
 from atp_cli.pruning.config import AtpConfig, default_boundaries
 from atp_cli.pruning.store import AtpWeights, save_safetensors
+from atp_cli.train import lora
 from atp_cli.train.attention import controlled
 from atp_cli.train.data import Sample, encode_sample, load_samples
 from atp_cli.train.soft_prune import SoftPruning, make_nets
@@ -88,10 +89,7 @@ def _llm_params(model, cfg: TrainConfig) -> list[torch.nn.Parameter]:
             p.requires_grad_(True)
         return list(lm.parameters())
     if cfg.llm == "lora":
-        from peft import LoraConfig, inject_adapter_in_model
-
-        inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, target_modules=["q_proj", "v_proj"]), lm)
-        return [p for n, p in lm.named_parameters() if "lora_" in n]
+        return lora.inject(lm, cfg.lora_rank)
     raise InputError(f"--llm must be freeze, lora or finetune, got {cfg.llm!r}")
 
 
@@ -184,14 +182,17 @@ class ProjectorConfig:
     accumulate: int = 4
     lr: float = 1e-3
     seed: int = 0
-    save_every: int = 25  # steps between snapshots of projector.safetensors in `out`
+    save_every: int = 25  # steps between snapshots of projector.safetensors (and lora.safetensors) in `out`
+    lora_rank: int = 0  # > 0: the language model learns LoRA adapters alongside the projector (stage 2)
+    llm_lr: float = 2e-4
 
 
 def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: ProjectorConfig = ProjectorConfig(),
                     on_step: Callable[[StepLog], None] | None = None) -> Path:
     """Stage 1 of LLaVA: only the projector learns (tower and language model frozen), next-token loss.
+    With `lora_rank` > 0 the language model also learns LoRA adapters (a cheap stand-in for LLaVA's stage 2).
 
-    Writes the whole checkpoint with the trained projector to `out` (llava-hf layout)."""
+    Writes projector.safetensors (and lora.safetensors) to `out`; without LoRA also the whole checkpoint."""
     checkpoint, out = Path(checkpoint), Path(out)
     samples = load_samples(data)
     model, tokenizer, device = _load(checkpoint, cfg.seed)
@@ -201,7 +202,11 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     params = list(model.model.multi_modal_projector.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    groups = [{"params": params, "lr": cfg.lr}]
+    lm = model.model.language_model
+    if cfg.lora_rank > 0:
+        groups.append({"params": lora.inject(lm, cfg.lora_rank), "lr": cfg.llm_lr})
+    opt = torch.optim.AdamW(groups)
     image_id = model.config.image_token_index
     for step in range(cfg.steps):
         opt.zero_grad()
@@ -220,6 +225,10 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
             on_step(StepLog(step, float(np.mean(losses)), float(np.mean(losses)), 0.0, float(n_visual)))
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             _save_projector(model, out / "projector.safetensors")
+            if cfg.lora_rank > 0:
+                lora.save(lm, out / "lora.safetensors")
+    if cfg.lora_rank > 0:
+        return out
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     _copy_side_files(checkpoint, out)

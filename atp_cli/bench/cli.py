@@ -1,0 +1,134 @@
+"""`atp bench quality` and `atp bench speed`: the command-line front of atp_cli.bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+DEFAULT_STRATEGIES = "none,atp,atp-free,fastv,pdrop,visionzip-style,uniform,random"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def _plans(strategies: list[str], budgets: list[float]):
+    """Strategies x budgets; `none` and trained `atp` appear once, at their own budget."""
+    from atp_cli.bench.quality import Plan
+    from atp_cli.pruning.registry import NAMES
+
+    unknown = [s for s in strategies if s not in NAMES]
+    if unknown:
+        raise click.BadParameter(f"unknown strategies {unknown}; choose from {', '.join(NAMES)}")
+    plans = [Plan(s) for s in strategies if s in ("none", "atp")]
+    plans += [Plan(s, b) for b in budgets for s in strategies if s not in ("none", "atp")]
+    return plans
+
+
+def _split_rows(data: Path | None, split: str, count: int, source: str, out: Path) -> list[dict]:
+    from atp_cli.data.mix import SOURCES, write_mixed_split
+    from atp_cli.evaluation import load_split
+
+    if data is None:
+        sources = tuple(SOURCES) if source == "mix" else (source,)
+        data = write_mixed_split(out / f"data-{split}-{source}", split, count, sources)
+    return load_split(data, count)
+
+
+@click.group()
+def bench() -> None:
+    """Measure accuracy, speed and memory of pruning strategies side by side with stock llama.cpp."""
+
+
+@bench.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), help="Converted model folder (default model).")
+@click.option("--data", type=click.Path(path_type=Path), help="LLaVA-format JSONL; default: generate --split.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--source", type=click.Choice(["scenes", "mosaics", "mix"]), default="scenes", show_default=True)
+@click.option("-n", "count", type=int, default=60, show_default=True, help="Questions.")
+@click.option("--strategies", default=DEFAULT_STRATEGIES, show_default=True)
+@click.option("--budgets", default="144", show_default=True, help="Average visual tokens over all layers.")
+@click.option("--calibration", type=click.Path(path_type=Path),
+              help="JSONL whose first 6 questions calibrate atp-free to each budget (not the test data).")
+@click.option("--peer/--no-peer", default=True, show_default=True, help="Also run stock llama-cpp-python.")
+@click.option("--max-tokens", type=int, default=8, show_default=True)
+@click.option("--threads", type=int, default=0, help="CPU threads (0: all).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
+def quality(model_dir: Path | None, data: Path | None, split: str, source: str, count: int, strategies: str,
+            budgets: str, calibration: Path | None, peer: bool, max_tokens: int, threads: int, out: Path) -> None:
+    """Accuracy, agreement and cost of strategies x budgets on a question split."""
+    from tqdm import tqdm
+
+    from atp_cli.bench import report
+    from atp_cli.bench.peer import StockLlava
+    from atp_cli.bench.quality import run_quality
+    from atp_cli.evaluation import load_split
+    from atp_cli.pipeline import Pipeline, PipelineConfig
+    from atp_cli.runtime.context import ContextConfig
+    from converters.convert import find_pair
+
+    if count < 1:
+        raise click.BadParameter("-n must be at least 1")
+    if model_dir is None:
+        from atp_cli.default_model import DEFAULT_DIR, build_default_model
+
+        model_dir = build_default_model(DEFAULT_DIR)
+    plans = _plans([s.strip() for s in strategies.split(",") if s.strip()], _floats(budgets))
+    rows = _split_rows(data, split, count, source, out)
+    cal_rows = load_split(calibration, 6) if calibration else []
+    config = PipelineConfig(context=ContextConfig(n_ctx=1024, n_threads=threads), max_tokens=max_tokens)
+    model_path, mmproj_path = find_pair(Path(model_dir))
+    with Pipeline(model_path, mmproj_path, "none", config) as pipe:
+        stock = StockLlava(model_path, mmproj_path, 1024, threads, max_tokens) if peer else None
+        total = len(rows) * (len(plans) + (plans[0].strategy != "none") + bool(stock))
+        with tqdm(total=total, desc="atp bench", unit="q") as bar:
+            results = run_quality(pipe, rows, plans, stock, cal_rows, tick=bar.update)
+        if stock is not None:
+            stock.close()
+    dicts = [r.as_dict() for r in results]
+    title = f"{model_dir.name}: {len(rows)} {split} questions ({source})"
+    payload = {"machine": report.machine(), "commit": report.commit(), "model": str(model_dir), "title": title,
+               "rows": dicts}
+    report.write_json(out / "quality.json", payload)
+    table = report.quality_table(dicts)
+    report.write_atomic(out / "quality.md", f"{title}\n\n{table}\n")
+    plots = report.quality_plots(dicts, out, title)
+    click.echo(f"\n{title}, {report.machine()}\n\n{table}\n\nwrote {out / 'quality.json'}, {out / 'quality.md'}, "
+               + ", ".join(str(p) for p in plots))
+
+
+@bench.command()
+@click.option("--shapes", default="7b,1b", show_default=True, help="Random-weight model shapes: 7b, 1b.")
+@click.option("--budget", type=float, default=144.0, show_default=True, help="Average visual tokens of the atp row.")
+@click.option("--runs", type=int, default=3, show_default=True, help="Runs per configuration (medians).")
+@click.option("--threads", type=int, default=0, help="CPU threads (0: all).")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("~/.cache/atp/bench").expanduser(),
+              show_default=True, help="Where the random GGUFs are built once and kept.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
+def speed(shapes: str, budget: float, runs: int, threads: int, workdir: Path, out: Path) -> None:
+    """Speed only (random weights): stock llama.cpp vs atp at real model shapes, image encoding included."""
+    from tqdm import tqdm
+
+    from atp_cli.bench import report
+    from atp_cli.bench.speed import SHAPES, bench_shape
+
+    keys = [s.strip() for s in shapes.split(",") if s.strip()]
+    if not keys or any(k not in SHAPES for k in keys):
+        raise click.BadParameter(f"--shapes takes {', '.join(SHAPES)}, got {shapes!r}")
+    if runs < 1:
+        raise click.BadParameter("--runs must be at least 1")
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    with tqdm(total=3 * runs * len(keys), desc="atp bench speed", unit="run") as bar:
+        for key in keys:
+            bar.set_postfix_str(f"{key}: building or loading the random model")
+            results.append(bench_shape(key, workdir, runs, threads, budget, on_run=lambda name: bar.update()))
+    payload = {"machine": report.machine(), "commit": report.commit(), "results": results}
+    report.write_json(out / "speed.json", payload)
+    text = "\n\n".join(report.speed_table(r) for r in results)
+    report.write_atomic(out / "speed.md", text + "\n")
+    click.echo(f"\n{report.machine()}\n\n{text}\n\nwrote {out / 'speed.json'}, {out / 'speed.md'}")

@@ -1,0 +1,106 @@
+"""Benchmark results as JSON, markdown tables and PNG plots (written atomically)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+        cpu = model
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def write_atomic(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    return write_atomic(path, json.dumps(payload, indent=2, default=str))
+
+
+def _f(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def quality_table(rows: list[dict]) -> str:
+    kinds = sorted({k for r in rows for k in r["by_kind"]})
+    head = ("| strategy | budget | avg visual tokens | tokens into LLM | accuracy | agreement | encode s | prefill s "
+            "| TTFT s | decode tok/s | KV MiB | peak RSS MiB | " + " | ".join(kinds) + " |")
+    lines = [head, "|" + "---|" * (12 + len(kinds))]
+    for r in rows:
+        cells = " | ".join("{}/{}".format(*r["by_kind"][k]) if k in r["by_kind"] else "-" for k in kinds)
+        lines.append(
+            f"| {r['strategy']} | {_f(r['budget'], '.0f')} | {r['tokens_avg']:.0f} | {r['visual_in']:.0f} "
+            f"| {100 * r['accuracy']:.1f} % | {100 * r['agreement']:.1f} % | {_f(r['encode_s'], '.3f')} "
+            f"| {_f(r['prefill_s'], '.3f')} | {r['ttft_s']:.3f} | {r['decode_tok_s']:.1f} | {r['kv_mib']:.2f} "
+            f"| {r['peak_rss_mib']:.0f} | {cells} |")
+    return "\n".join(lines)
+
+
+def speed_table(res: dict) -> str:
+    lines = [
+        f"#### {res['label']}, Q4_K_M, random weights (speed only), {res['threads'] or 'all'} threads, "
+        f"median of {res['runs']} runs",
+        "",
+        "| config | avg visual tokens | tokens into LLM | encode s | prefill s | prefill speed-up | TTFT s "
+        "| TTFT speed-up | decode tok/s | decode / stock | KV used MiB | KV / stock | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        lines.append(
+            f"| {r['config']} | {r['tokens_avg']:.0f} | {r['visual_in']} | {r['encode_s']:.2f} | {r['prefill_s']:.2f} "
+            f"| {r['prefill_vs_stock']:.2f}x | {r['ttft_s']:.2f} | {r['ttft_vs_stock']:.2f}x | {r['decode_tok_s']:.2f} "
+            f"| {r['decode_vs_stock']:.2f} | {r['kv_used_mib']:.1f} | {r['kv_vs_stock']:.2f} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def quality_plots(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
+    """accuracy vs average visual tokens, and time to first token vs average visual tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, label, name in (("accuracy", "exact-match accuracy", "accuracy_vs_tokens.png"),
+                             ("ttft_s", "time to first token (s)", "ttft_vs_tokens.png")):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+        for strategy in dict.fromkeys(r["strategy"] for r in rows):
+            pts = sorted((r["tokens_avg"], r[key]) for r in rows if r["strategy"] == strategy)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=strategy)
+        ax.set_xlabel("visual tokens averaged over all layers")
+        ax.set_ylabel(label)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        tmp = out_dir / f".{name}.part.png"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp)
+        plt.close(fig)
+        os.replace(tmp, out_dir / name)
+        paths.append(out_dir / name)
+    return paths

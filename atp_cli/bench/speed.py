@@ -1,0 +1,212 @@
+"""Speed at real scale: random-weight GGUFs with the shape of real models, stock llama.cpp vs atp side by side.
+
+Only time and memory are measured here: the weights are random, so the answers are meaningless. The prompt
+is the one a LLaVA user sends: text, the image's 576 visual rows from a CLIP ViT-L/336-shaped encoder (random
+weights, encoded by llama.cpp's mtmd for every run, so time to first token includes it), text. Every figure is
+the median of several runs; the configurations take turns inside each run (rotating who goes first), so drift
+of the machine hits all of them alike and the ratios compare side-by-side measurements.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from atp_cli.bench.memory import PeakRss
+from atp_cli.driver import ModuleInput, SegmentedDecoder
+from atp_cli.prompt_input import Prompt, Span
+from atp_cli.pruning.config import default_boundaries
+from atp_cli.runtime.context import ContextConfig
+from atp_cli.runtime.model import LlamaModel
+from atp_cli.runtime.vision import ImageEncoder
+from converters.quantize import quantize_gguf
+from converters.random_llama import LlamaShape, write_llama_gguf
+
+N_VISUAL, N_BEFORE, N_AFTER, N_DECODE = 576, 10, 20, 32
+SHAPES = {  # name -> (decoder shape, label)
+    "7b": (LlamaShape(n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008, n_ctx_train=4096),
+           "LLaVA-1.5-7B shape (32 layers, n_embd 4096, n_ff 11008)"),
+    "1b": (LlamaShape(n_layer=16, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_ctx_train=4096),
+           "~1.1B llama shape (16 layers, n_embd 2048, GQA 32/8)"),
+}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Keep a fraction of the *original* visual tokens from each boundary on (the strongest text->vision)."""
+
+    name: str
+    boundaries: tuple[int, ...]
+    keep: tuple[float, ...]
+
+    def token_layer_ratio(self, n_layer: int) -> float:
+        edges = [0, *self.boundaries, n_layer]
+        fracs = [1.0, *self.keep]
+        return sum((e - b) * f for b, e, f in zip(edges[:-1], edges[1:], fracs)) / n_layer
+
+    def keep_fn(self, n_visual: int = N_VISUAL) -> Callable[[ModuleInput], np.ndarray]:
+        fractions = dict(zip(self.boundaries, self.keep))
+
+        def keep(view: ModuleInput) -> np.ndarray:
+            n = max(1, round(fractions[view.boundary] * n_visual))
+            order = np.argsort(-view.attn_tv.mean(0), kind="stable")[:n]
+            return np.sort(view.visual_pos[order])
+
+        return keep
+
+
+def budget_schedule(n_layer: int, ratio: float) -> Schedule:
+    """ATP's three boundaries with keep fractions k, k/2, k/4 chosen so that the token-layer ratio is `ratio`."""
+    bounds = tuple(default_boundaries(n_layer))
+    edges = [*bounds, n_layer]
+    weight = sum((e - b) / 2**i for i, (b, e) in enumerate(zip(edges[:-1], edges[1:])))
+    k = (ratio * n_layer - bounds[0]) / weight
+    if not 0 < k <= 1:
+        raise ValueError(f"a token-layer ratio of {ratio} cannot be met after layer {bounds[0]} of {n_layer}")
+    return Schedule(f"atp schedule {ratio:.0%}", bounds, tuple(k / 2**i for i in range(len(bounds))))
+
+
+def random_model(workdir: Path, key: str, quant: str = "q4_k_m") -> Path:
+    """The random-weight GGUF of shape `key`, written (streamed f16, then quantized) once and cached."""
+    shape = SHAPES[key][0]
+    out = workdir / f"random-{key}.{quant}.gguf"
+    if not out.exists():
+        f16 = write_llama_gguf(workdir / f"random-{key}.f16.gguf", shape, f16=True)
+        try:
+            quantize_gguf(f16, out, quant)
+        finally:
+            f16.unlink(missing_ok=True)
+    return out
+
+
+def random_clip_l_mmproj(workdir: Path, n_embd: int) -> Path:
+    """A random CLIP ViT-L/14 at 336 px (LLaVA-1.5's tower) + 2-layer MLP projector to `n_embd`, as an f16 mmproj."""
+    out = workdir / f"random-clip-l-336-to-{n_embd}.mmproj.gguf"
+    if out.exists():
+        return out
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from converters.checkpoint import open_checkpoint
+    from converters.mmproj import write_mmproj
+
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+    text = LlamaConfig(vocab_size=300, hidden_size=n_embd, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=32, num_key_value_heads=32)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=299, image_seq_length=N_VISUAL,
+                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu")
+    torch.manual_seed(0)
+    ckpt_dir = workdir / f"clip-l-ckpt-{n_embd}"
+    LlavaForConditionalGeneration(config).save_pretrained(ckpt_dir)
+    (ckpt_dir / "preprocessor_config.json").write_text(
+        '{"image_mean": [0.481, 0.458, 0.408], "image_std": [0.269, 0.261, 0.276], '
+        '"crop_size": {"height": 336, "width": 336}}')
+    tmp = out.with_name(out.name + ".part")
+    write_mmproj(open_checkpoint(ckpt_dir), tmp, image_size=336, keep_cls=False)
+    tmp.replace(out)
+    import shutil
+
+    shutil.rmtree(ckpt_dir)
+    return out
+
+
+def bench_image(seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (336, 336, 3), dtype=np.uint8))
+
+
+@dataclass
+class SpeedConfig:
+    """One row: a decoder, its keep rule, and how many of the encoded visual rows enter the language model."""
+
+    name: str
+    decoder: SegmentedDecoder
+    keep: Callable[[ModuleInput], np.ndarray] | None
+    n_visual_in: int
+    token_layer_ratio: float
+
+
+def timed_ttft_run(cfg: SpeedConfig, encoder: ImageEncoder, image: Image.Image, text: tuple[np.ndarray, np.ndarray],
+                   n_decode: int = N_DECODE) -> dict:
+    """Encode the image, prefill, then decode greedily: the user's path from image to answer, timed."""
+    dec = cfg.decoder
+    dec.reset()
+    t0 = time.perf_counter()
+    rows = encoder.encode(image)
+    t_enc = time.perf_counter()
+    if cfg.n_visual_in < len(rows):  # stock given fewer visual tokens: an evenly spaced subset
+        rows = rows[np.linspace(0, len(rows) - 1, cfg.n_visual_in).round().astype(int)]
+    logits = dec.prefill(Prompt((Span.text(text[0]), Span.image(rows), Span.text(text[1]))), cfg.keep)
+    token = int(np.argmax(logits))
+    t_first = time.perf_counter()
+    for _ in range(n_decode):
+        token = int(np.argmax(dec.extend([token])))
+    t_end = time.perf_counter()
+    return {"encode_s": t_enc - t0, "prefill_s": dec.stats.prefill_seconds, "ttft_s": t_first - t0,
+            "decode_tok_s": n_decode / (t_end - t_first), "kv_used_mib": dec.kv_used_bytes() / 2**20}
+
+
+def bench_shape(key: str, workdir: Path, runs: int, threads: int, budget: float,
+                on_run: Callable[[str], None] | None = None) -> dict:
+    """The random model of shape `key` (built once into `workdir`) with a random CLIP ViT-L/336 encoder."""
+    shape, label = SHAPES[key]
+    model_path = random_model(workdir, key)
+    mmproj_path = random_clip_l_mmproj(workdir, shape.n_embd)
+    return {"shape": key, "label": label, **bench_files(model_path, mmproj_path, runs, threads, budget, on_run)}
+
+
+def bench_files(model_path: Path, mmproj_path: Path, runs: int, threads: int, budget: float,
+                on_run: Callable[[str], None] | None = None, n_decode: int = N_DECODE) -> dict:
+    """Stock (every visual token), stock given `budget` visual tokens (the limit), atp at an average of `budget`."""
+    model = LlamaModel(model_path)
+    encoder = ImageEncoder(mmproj_path, model, threads)
+    n_visual = encoder.n_tokens()
+    ctx = ContextConfig(n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=threads)
+    schedule = budget_schedule(model.n_layer, budget / n_visual)
+    configs = [
+        SpeedConfig("stock", SegmentedDecoder(model, (), ctx, readout=False, stock=True), None, n_visual, 1.0),
+        SpeedConfig(f"stock, {budget:.0f} visual tokens in", SegmentedDecoder(model, (), ctx, readout=False, stock=True),
+                    None, round(budget), budget / n_visual),
+        SpeedConfig(schedule.name, SegmentedDecoder(model, schedule.boundaries, ctx, readout=True),
+                    schedule.keep_fn(n_visual), n_visual, schedule.token_layer_ratio(model.n_layer)),
+    ]
+    rng = np.random.default_rng(0)
+    text = (rng.integers(3, model.n_vocab, N_BEFORE), rng.integers(3, model.n_vocab, N_AFTER))
+    image = bench_image()
+    samples: dict[str, list[dict]] = {c.name: [] for c in configs}
+    peaks = {c.name: 0.0 for c in configs}
+    try:
+        for c in configs:  # warm-up
+            timed_ttft_run(c, encoder, image, text, n_decode=2)
+        for run in range(runs):
+            for c in configs[run % len(configs):] + configs[: run % len(configs)]:
+                with PeakRss() as peak:
+                    samples[c.name].append(timed_ttft_run(c, encoder, image, text, n_decode))
+                peaks[c.name] = max(peaks[c.name], peak.mib)
+                if on_run is not None:
+                    on_run(c.name)
+    finally:
+        for c in configs:
+            c.decoder.close()
+        encoder.close()
+        model.close()
+    rows = []
+    for c in configs:
+        med = {k: statistics.median(s[k] for s in samples[c.name]) for k in samples[c.name][0]}
+        rows.append({"config": c.name, "visual_in": c.n_visual_in, "tokens_avg": c.token_layer_ratio * n_visual,
+                     "peak_rss_mib": peaks[c.name], **med})
+    base = rows[0]
+    for r in rows:
+        r["prefill_vs_stock"] = base["prefill_s"] / r["prefill_s"]
+        r["ttft_vs_stock"] = base["ttft_s"] / r["ttft_s"]
+        r["kv_vs_stock"] = r["kv_used_mib"] / base["kv_used_mib"]
+        r["decode_vs_stock"] = r["decode_tok_s"] / base["decode_tok_s"]
+    return {"runs": runs, "threads": threads, "budget": budget, "n_visual": n_visual,
+            "schedule": {"boundaries": schedule.boundaries, "keep": schedule.keep}, "rows": rows}
