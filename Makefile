@@ -46,7 +46,7 @@ chat: setup
 	$(BIN)/atp demo
 
 bench: setup
-	$(BIN)/python scripts/bench_runtime.py
+	$(BIN)/python scripts/benchmarks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

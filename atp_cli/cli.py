@@ -260,3 +260,7 @@ def main() -> None:
     except AtpError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

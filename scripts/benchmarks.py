@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Regenerate docs/BENCHMARKS.md: run every benchmark (or --only some), keep each section's output under
+docs/bench/, and compose the page from all sections present, each with its command and machine.
+
+  python scripts/benchmarks.py                     # everything (about an hour on 2 cores)
+  python scripts/benchmarks.py --only speed,quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from atp_cli.bench.report import commit, machine, write_atomic  # noqa: E402
+
+OUT = ROOT / "docs" / "bench"
+PY = str(Path(sys.executable))
+ATP = [PY, "-m", "atp_cli.cli"]
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    title: str
+    command: list[str]
+    intro: str
+    table: str | None = None  # markdown file the command writes (else its stdout is the table)
+
+
+SECTIONS = [
+    Section("quality", "Accuracy and cost on the default model: strategies at an equal budget, and the stock peer",
+            [*ATP, "bench", "quality", "--split", "test", "--source", "scenes", "-n", "60", "--budgets", "144",
+             "--calibration", "docs/bench/quality-calibration/val.jsonl", "--out", "docs/bench/quality"],
+            "Held-out test split of the generated scenes (never used to train or tune). `budget` is the target of "
+            "visual tokens averaged over all decoder layers (paper metric): fixed-rule strategies meet it by "
+            "construction (atp_cli/pruning/budget.py), atp-free is calibrated to it on 6 validation questions, trained "
+            "atp sits at the budget it was trained for. Agreement: the answer equals the unpruned atp answer. The "
+            "stock row is llama-cpp-python's own LLaVA chat handler on the same files and threads (its encoder and "
+            "prefill happen inside one call, so only its time to first token is known). Times are medians over the "
+            "questions; accuracy per question type as correct/total.",
+            "docs/bench/quality/quality.md"),
+    Section("speed", "Speed at real scale (random weights, speed only)",
+            [*ATP, "bench", "speed", "--shapes", "7b,1b", "--runs", "3", "--out", "docs/bench/speed"],
+            "Random-weight Q4_K_M GGUFs with the decoder shape of LLaVA-1.5-7B and of a ~1.1B llama, and a random CLIP "
+            "ViT-L/14 at 336 px (LLaVA-1.5's tower, f16 mmproj) encoding the image in every run, so time to first "
+            "token includes the encoder. Rows: stock llama.cpp with all 576 visual tokens; stock llama.cpp given 144 "
+            "visual tokens (the limit any pruning inside the decoder can approach); atp with a fixed keep schedule at "
+            "ATP's boundaries whose token-layer average is 144 (k, k/2, k/4 of the visual tokens by text->vision "
+            "attention). Answers are meaningless here; only time and memory are measured. Medians of 3 runs; the "
+            "configurations take turns inside each run.",
+            "docs/bench/speed/speed.md"),
+    Section("runtime", "Segment runtime against a stock llama.cpp context",
+            [PY, "scripts/bench_runtime.py", "--runs", "5"],
+            "Prompt: 10 text tokens, 576 visual embedding rows, 20 text tokens; then 32 greedy decode steps. `stock` "
+            "is a plain llama.cpp context; `segments=N` are atp segment contexts with no pruning; `readout` means the "
+            "contexts before each boundary run with flash attention off so their attention can be read. The keep "
+            "schedules keep the visual tokens the text attends to most. KV used = cells in use x bytes per cell."),
+    Section("module_cost", "Cost of a pruning module",
+            [PY, "scripts/bench_module_cost.py", "--runs", "5"],
+            "Everything between the captured attention and the keep set (cell-to-position mapping, scores, SAP, "
+            "threshold MLP, keep rule), median over modules and runs, against one decoder layer of SmolLM2-135M."),
+    Section("convert_memory", "Memory of `atp convert`",
+            [PY, "scripts/bench_convert_memory.py", "--layers", "2,4,8", "--outtype", "q4_k_m"],
+            "Synthetic llava-hf checkpoints with LLaVA-1.5-7B's tensor shapes and 2, 4 or 8 decoder layers; peaks sampled "
+            "over the whole process tree. Flat peak anonymous memory across depths means tensors are streamed."),
+]
+
+
+def run_section(s: Section) -> None:
+    if s.name == "quality":
+        from atp_cli.data.scenes import write_split
+
+        write_split(ROOT / "docs/bench/quality-calibration", "val", 6)
+    print(f"== {s.name}: {shlex.join(s.command)}", flush=True)
+    proc = subprocess.run(s.command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{s.name} failed with exit code {proc.returncode}")
+    table = (ROOT / s.table).read_text() if s.table else proc.stdout
+    meta = {"command": shlex.join(["python" if c == PY else c for c in s.command]).replace(
+        "python -m atp_cli.cli", "atp"), "machine": machine(), "commit": commit()}
+    write_atomic(OUT / f"{s.name}.md", table)
+    write_atomic(OUT / f"{s.name}.meta.json", json.dumps(meta))
+
+
+def targets() -> str:
+    """The issue's speed targets, checked against the 7B-shape figures."""
+    path = OUT / "speed" / "speed.json"
+    if not path.is_file():
+        return ""
+    res = next((r for r in json.loads(path.read_text())["results"] if r["shape"] == "7b"), None)
+    if res is None:
+        return ""
+    atp = next(r for r in res["rows"] if r["config"].startswith("atp"))
+    checks = [("language-model prefill speed-up", atp["prefill_vs_stock"], ">=", 3.0),
+              ("time to first token speed-up (encoder included)", atp["ttft_vs_stock"], ">=", 2.5),
+              ("KV cache in use / stock", atp["kv_vs_stock"], "<=", 0.30),
+              ("decode tokens/s / stock", atp["decode_vs_stock"], ">=", 0.95)]
+    lines = ["| 7B shape, average 144 of 576 visual tokens | measured | target | |", "|---|---|---|---|"]
+    for label, value, op, goal in checks:
+        ok = value >= goal if op == ">=" else value <= goal
+        lines.append(f"| {label} | {value:.2f} | {op} {goal} | {'met' if ok else 'missed'} |")
+    return "\n".join(lines)
+
+
+def compose() -> str:
+    parts = ["# Benchmarks", "",
+             "Generated by `python scripts/benchmarks.py` (sections can be re-run alone with `--only NAME`). Every "
+             "figure is a median of several runs; each ratio compares runs made side by side in one process.", ""]
+    for s in SECTIONS:
+        md, meta_path = OUT / f"{s.name}.md", OUT / f"{s.name}.meta.json"
+        if not md.is_file():
+            continue
+        meta = json.loads(meta_path.read_text())
+        parts += [f"## {s.title}", "", f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}, "
+                  f"llama.cpp threads = all cores, commit {meta['commit']}.", "", s.intro, "", md.read_text().strip(), ""]
+        if s.name == "speed" and targets():
+            parts += ["Targets:", "", targets(), ""]
+        if s.name == "quality":
+            parts += ["![accuracy vs tokens](bench/quality/accuracy_vs_tokens.png) "
+                      "![time to first token vs tokens](bench/quality/ttft_vs_tokens.png)", ""]
+    notes = ROOT / "docs" / "bench" / "NOTES.md"
+    if notes.is_file():
+        parts += [notes.read_text().strip(), ""]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help="comma-separated sections: " + ", ".join(s.name for s in SECTIONS))
+    ap.add_argument("--compose-only", action="store_true", help="rebuild the page from the stored sections")
+    args = ap.parse_args()
+    wanted = set(args.only.split(",")) if args.only else {s.name for s in SECTIONS}
+    unknown = wanted - {s.name for s in SECTIONS}
+    if unknown:
+        sys.exit(f"unknown sections {sorted(unknown)}")
+    if not args.compose_only:
+        for s in SECTIONS:
+            if s.name in wanted:
+                run_section(s)
+    write_atomic(ROOT / "docs" / "BENCHMARKS.md", compose())
+    print(f"wrote {ROOT / 'docs' / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main()
