@@ -48,6 +48,11 @@ class ChatFormat:
         spans.append(Span.text(self.model.tokenize(after)))
         return Prompt(tuple(spans))
 
+    def text_prompt(self, question: str) -> Prompt:
+        """Prompt for a user turn with no image: the blind baseline asks the same question this way."""
+        text = self.render([{"role": "user", "content": question}])
+        return Prompt((Span.text(self.model.tokenize(text, add_special=not text.startswith(self.bos))),))
+
     def follow_up(self, history: list[dict], question: str) -> np.ndarray:
         """Token ids that continue a conversation whose turns so far are `history` (text-only turn)."""
         full = self.render([*history, {"role": "user", "content": question}])

@@ -4,7 +4,8 @@
   python scripts/train_default_model.py --work /tmp/atp-default --projector-steps 240 --lora-steps 300 --atp-steps 60
 
 Stage 1 trains the projector (tower and SmolLM2 frozen) on generated scene questions; stage 2 goes on training
-the projector together with rank-16 LoRA adapters on every linear layer of SmolLM2; stage 3 trains the ATP
+the projector together with rank-16 LoRA adapters on every linear layer of SmolLM2, on scenes and Fashion-MNIST
+mosaics mixed (--source); stage 3 trains the ATP
 threshold modules toward an average of --budget visual tokens (paper metric) with the language model frozen.
 The artifacts are written into atp_cli/assets_default/ (projector.safetensors, lora.safetensors,
 atp.safetensors). --resume starts stage 2 from the committed projector instead of re-running stage 1.
@@ -24,6 +25,7 @@ from safetensors.numpy import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from atp_cli.data.mix import SOURCES, write_mixed_split  # noqa: E402
 from atp_cli.data.scenes import write_split  # noqa: E402
 from atp_cli.default_model import ATP_WEIGHTS, LORA, PROJECTOR, assemble_checkpoint  # noqa: E402
 from atp_cli.train.trainer import ProjectorConfig, TrainConfig, train, train_projector  # noqa: E402
@@ -45,8 +47,12 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=144.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="start from the committed projector (skip stage 1)")
+    ap.add_argument("--source", choices=["scenes", "mix"], default="mix",
+                    help="data of stages 2 and 3: scenes, or scenes and Fashion-MNIST mosaics mixed")
     args = ap.parse_args()
-    data = write_split(args.work / "data", "train", args.train_examples)
+    data = write_split(args.work / "data", "train", args.train_examples)  # stage 1: scenes
+    later = data if args.source == "scenes" else write_mixed_split(args.work / "data-mix", "train",
+                                                                   args.train_examples, tuple(SOURCES))
     if not args.resume:
         base = assemble_checkpoint(args.work / "base", seed=args.seed)
         stage1 = train_projector(base, data, args.work / "projector",
@@ -54,7 +60,7 @@ def main() -> None:
         shutil.copyfile(stage1 / "projector.safetensors", PROJECTOR)
     if args.lora_steps > 0:
         start = assemble_checkpoint(args.work / "stage2-start", load_file(str(PROJECTOR)), seed=args.seed)
-        stage2 = train_projector(start, data, args.work / "lora",
+        stage2 = train_projector(start, later, args.work / "lora",
                                  ProjectorConfig(steps=args.lora_steps, seed=args.seed + 1, lora_rank=args.lora_rank),
                                  on_step=log)
         shutil.copyfile(stage2 / "projector.safetensors", PROJECTOR)
@@ -63,7 +69,7 @@ def main() -> None:
         return
     tuned = assemble_checkpoint(args.work / "tuned", load_file(str(PROJECTOR)), seed=args.seed,
                                 lora_path=LORA if LORA.is_file() else None)
-    train(tuned, data, ATP_WEIGHTS, TrainConfig(budget=args.budget, steps=args.atp_steps, seed=args.seed), on_step=log)
+    train(tuned, later, ATP_WEIGHTS, TrainConfig(budget=args.budget, steps=args.atp_steps, seed=args.seed), on_step=log)
     print(f"wrote {PROJECTOR}, {LORA} and {ATP_WEIGHTS}")
 
 

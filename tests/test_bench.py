@@ -13,7 +13,7 @@ from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from atp_cli.bench.peer import StockLlava  # noqa: E402
-from atp_cli.bench.quality import PEER, Plan, run_quality  # noqa: E402
+from atp_cli.bench.quality import BLIND, PEER, Plan, run_quality  # noqa: E402
 from atp_cli.bench.speed import budget_schedule, bench_files  # noqa: E402
 from atp_cli.cli import cli  # noqa: E402
 from atp_cli.errors import InputError  # noqa: E402
@@ -102,11 +102,12 @@ def test_quality_rows_measure_each_plan(folder, split):
     with Pipeline(model, mmproj, "none", CFG) as pipe:
         peer = StockLlava(model, mmproj, n_ctx=512, max_tokens=6)
         ticks = []
-        rows = run_quality(pipe, split, plans, peer, tick=lambda: ticks.append(1))
+        rows = run_quality(pipe, split, plans, peer, tick=lambda: ticks.append(1), blind=True)
         peer.close()
-    assert [r.strategy for r in rows] == ["none", "fastv", "uniform", PEER]
-    assert len(ticks) == 4 * len(split)
-    none, fastv, _, stock = rows
+    assert [r.strategy for r in rows] == ["none", "fastv", "uniform", PEER, BLIND]
+    assert len(ticks) == 5 * len(split)
+    none, fastv, _, stock, blind = rows
+    assert blind.tokens_avg == 0 and blind.visual_in == 0 and blind.kv_mib < none.kv_mib / 2
     assert none.agreement == 1.0 and none.tokens_avg == N_VISUAL and none.visual_in == N_VISUAL
     assert abs(fastv.tokens_avg - 24.0) <= 1.0 and fastv.params["k"] == 2
     assert fastv.kv_mib < none.kv_mib and fastv.prefill_s > 0 and fastv.encode_s > 0
@@ -115,7 +116,7 @@ def test_quality_rows_measure_each_plan(folder, split):
     for r in rows:
         assert sum(c for c, _ in r.by_kind.values()) == round(r.accuracy * r.n)
         assert sum(t for _, t in r.by_kind.values()) == len(split)
-        assert r.peak_rss_mib > 0 and r.ttft_s > 0
+        assert r.peak_rss_mib > 0 and (r.ttft_s > 0 or r is blind)
 
 
 def test_cli_quality_writes_json_markdown_and_plots(folder, tmp_path, split):
@@ -128,7 +129,8 @@ def test_cli_quality_writes_json_markdown_and_plots(folder, tmp_path, split):
                                    "--strategies", "none,fastv", "--budgets", "24,40", "--no-peer", "--out", str(out)])
     assert res.exit_code == 0, res.output
     payload = json.loads((out / "quality.json").read_text())
-    assert [(r["strategy"], r["budget"]) for r in payload["rows"]] == [("none", None), ("fastv", 24.0), ("fastv", 40.0)]
+    assert [(r["strategy"], r["budget"]) for r in payload["rows"]] == [("none", None), ("fastv", 24.0), ("fastv", 40.0),
+                                                                           (BLIND, None)]
     assert "| fastv | 24 |" in (out / "quality.md").read_text()
     for png in ("accuracy_vs_tokens.png", "ttft_vs_tokens.png"):
         assert Image.open(out / png).size[0] > 100

@@ -55,11 +55,13 @@ def bench() -> None:
 @click.option("--calibration", type=click.Path(path_type=Path),
               help="JSONL whose first 6 questions calibrate atp-free to each budget (not the test data).")
 @click.option("--peer/--no-peer", default=True, show_default=True, help="Also run stock llama-cpp-python.")
+@click.option("--blind/--no-blind", default=True, show_default=True, help="Also ask every question without the image.")
 @click.option("--max-tokens", type=int, default=8, show_default=True)
 @click.option("--threads", type=int, default=0, help="CPU threads (0: all).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
 def quality(model_dir: Path | None, data: Path | None, split: str, source: str, count: int, strategies: str,
-            budgets: str, calibration: Path | None, peer: bool, max_tokens: int, threads: int, out: Path) -> None:
+            budgets: str, calibration: Path | None, peer: bool, blind: bool, max_tokens: int, threads: int,
+            out: Path) -> None:
     """Accuracy, agreement and cost of strategies x budgets on a question split."""
     from tqdm import tqdm
 
@@ -84,9 +86,9 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
     model_path, mmproj_path = find_pair(Path(model_dir))
     with Pipeline(model_path, mmproj_path, "none", config) as pipe:
         stock = StockLlava(model_path, mmproj_path, 1024, threads, max_tokens) if peer else None
-        total = len(rows) * (len(plans) + (plans[0].strategy != "none") + bool(stock))
+        total = len(rows) * (len(plans) + all(p.strategy != "none" for p in plans) + bool(stock) + blind)
         with tqdm(total=total, desc="atp bench", unit="q") as bar:
-            results = run_quality(pipe, rows, plans, stock, cal_rows, tick=bar.update)
+            results = run_quality(pipe, rows, plans, stock, cal_rows, tick=bar.update, blind=blind)
         if stock is not None:
             stock.close()
     dicts = [r.as_dict() for r in results]

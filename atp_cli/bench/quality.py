@@ -24,6 +24,7 @@ from atp_cli.pruning.config import AtpConfig, default_boundaries
 from atp_cli.pruning.registry import DEFAULT_FREE_STRIDES
 
 PEER = "stock llama-cpp-python"
+BLIND = "blind (no image)"
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,31 @@ def run_peer(peer: StockLlava, rows: Sequence[dict], n_visual: int, reference: l
     return row
 
 
+def run_blind(pipe: Pipeline, rows: Sequence[dict], reference: list[str] | None,
+              tick: Callable[[], None] = lambda: None) -> Row:
+    """The same questions without the image: how much of the accuracy the question text alone gives."""
+    from atp_cli.generation import stream_text
+    from atp_cli.sampling import Sampler
+
+    pipe.set_strategy("none")
+    samples = _Samples()
+    with PeakRss() as peak:
+        for r in rows:
+            pipe.decoder.reset()
+            logits = pipe.decoder.prefill(pipe.chat.text_prompt(r["question"]), None)
+            text = "".join(stream_text(pipe.decoder, logits, Sampler(pipe.config.sampler), pipe.config.max_tokens))
+            samples.add(text, r["answer"], r.get("kind", "all"), tokens_avg=0.0, visual_in=0.0,
+                        prefill_s=pipe.decoder.stats.prefill_seconds, kv_mib=pipe.decoder.kv_used_bytes() / 2**20)
+            tick()
+    row = samples.fill(Row(BLIND, None, {}), reference)
+    row.peak_rss_mib = peak.mib
+    return row
+
+
 def run_quality(pipe: Pipeline, rows: Sequence[dict], plans: Sequence[Plan], peer: StockLlava | None = None,
-                calibration: Sequence[dict] = (), tick: Callable[[], None] = lambda: None) -> list[Row]:
-    """Measure `plans` (the unpruned row first: it is the agreement reference) and then the peer."""
+                calibration: Sequence[dict] = (), tick: Callable[[], None] = lambda: None,
+                blind: bool = False) -> list[Row]:
+    """Measure `plans` (the unpruned row first: it is the agreement reference), the peer, and the blind row."""
     ordered = sorted(plans, key=lambda p: p.strategy != "none")
     if not ordered or ordered[0].strategy != "none":
         ordered.insert(0, Plan("none"))
@@ -156,4 +179,6 @@ def run_quality(pipe: Pipeline, rows: Sequence[dict], plans: Sequence[Plan], pee
     out += [run_plan(pipe, p, rows, reference, calibration, tick) for p in ordered[1:]]
     if peer is not None:
         out.append(run_peer(peer, rows, pipe.n_visual, reference, tick))
+    if blind:
+        out.append(run_blind(pipe, rows, reference, tick))
     return out
