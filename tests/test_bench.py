@@ -119,6 +119,7 @@ def test_quality_rows_measure_each_plan(folder, split):
         assert r.peak_rss_mib > 0 and (r.ttft_s > 0 or r is blind)
 
 
+@pytest.mark.filterwarnings("error:No artists")  # every row must reach the plots
 def test_cli_quality_writes_json_markdown_and_plots(folder, tmp_path, split):
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps({"image": str(r["image_path"]), "kind": r["kind"], "conversations": [

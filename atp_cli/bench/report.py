@@ -89,7 +89,8 @@ def quality_plots(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
                              ("ttft_s", "time to first token (s)", "ttft_vs_tokens.png")):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
         for strategy in dict.fromkeys(r["strategy"] for r in rows):
-            pts = sorted((r["tokens_avg"], r[key]) for r in rows if r["strategy"] == strategy and r[key])
+            pts = sorted((r["tokens_avg"], r[key]) for r in rows if r["strategy"] == strategy
+                         and r[key] is not None and (key != "ttft_s" or r[key] > 0))  # the blind row has no TTFT
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=strategy)
         ax.set_xlabel("visual tokens averaged over all layers")
