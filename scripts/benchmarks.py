@@ -101,7 +101,8 @@ def targets() -> str:
     atp = next(r for r in res["rows"] if r["config"].startswith("atp"))
     checks = [("language-model prefill speed-up", atp["prefill_vs_stock"], ">=", 3.0),
               ("time to first token speed-up (encoder included)", atp["ttft_vs_stock"], ">=", 2.5),
-              ("KV cache in use / stock", atp["kv_vs_stock"], "<=", 0.30),
+              ("KV cache in use after the prompt / stock", atp["kv_prompt_vs_stock"], "<=", 0.30),
+              ("KV cache in use after 32 decoded tokens / stock", atp["kv_vs_stock"], "<=", 0.30),
               ("decode tokens/s / stock", atp["decode_vs_stock"], ">=", 0.95)]
     lines = ["| 7B shape, average 144 of 576 visual tokens | measured | target | |", "|---|---|---|---|"]
     for label, value, op, goal in checks:

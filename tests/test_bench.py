@@ -159,4 +159,6 @@ def test_speed_rows_compare_stock_and_atp_side_by_side(folder):
     assert stock["visual_in"] == N_VISUAL and limit["visual_in"] == 24 and atp["visual_in"] == N_VISUAL
     assert atp["tokens_avg"] == pytest.approx(24.0)
     assert stock["prefill_vs_stock"] == 1.0 and atp["kv_vs_stock"] < 1.0 and limit["kv_vs_stock"] < 1.0
+    assert atp["kv_prompt_vs_stock"] < atp["kv_vs_stock"]  # decoded tokens are never pruned
+    assert all(r["kv_prompt_mib"] < r["kv_used_mib"] for r in res["rows"])
     assert all(r["encode_s"] > 0 and r["ttft_s"] >= r["prefill_s"] for r in res["rows"])

@@ -66,14 +66,16 @@ def speed_table(res: dict) -> str:
         f"median of {res['runs']} runs",
         "",
         "| config | avg visual tokens | tokens into LLM | encode s | prefill s | prefill speed-up | TTFT s "
-        "| TTFT speed-up | decode tok/s | decode / stock | KV used MiB | KV / stock | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| TTFT speed-up | decode tok/s | decode / stock | KV after prompt MiB | / stock | KV after decode MiB | / stock "
+        "| peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(
             f"| {r['config']} | {r['tokens_avg']:.0f} | {r['visual_in']} | {r['encode_s']:.2f} | {r['prefill_s']:.2f} "
             f"| {r['prefill_vs_stock']:.2f}x | {r['ttft_s']:.2f} | {r['ttft_vs_stock']:.2f}x | {r['decode_tok_s']:.2f} "
-            f"| {r['decode_vs_stock']:.2f} | {r['kv_used_mib']:.1f} | {r['kv_vs_stock']:.2f} | {r['peak_rss_mib']:.0f} |")
+            f"| {r['decode_vs_stock']:.2f} | {r['kv_prompt_mib']:.1f} | {r['kv_prompt_vs_stock']:.2f} "
+            f"| {r['kv_used_mib']:.1f} | {r['kv_vs_stock']:.2f} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)
 
 
