@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 
+from atp_cli.bench.quality import PEER
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -45,17 +47,21 @@ def _f(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def quality_table(rows: list[dict]) -> str:
+def quality_table(rows: list[dict], peer: str = PEER) -> str:
+    """One line per row; TTFT speed-up is against the stock peer's row when it was run."""
     kinds = sorted({k for r in rows for k in r["by_kind"]})
+    stock_ttft = next((r["ttft_s"] for r in rows if r["strategy"] == peer), None)
     head = ("| strategy | budget | avg visual tokens | tokens into LLM | accuracy | agreement | encode s | prefill s "
-            "| TTFT s | decode tok/s | KV MiB | peak RSS MiB | " + " | ".join(kinds) + " |")
-    lines = [head, "|" + "---|" * (12 + len(kinds))]
+            "| TTFT s | TTFT speed-up vs stock | decode tok/s | KV MiB | peak RSS MiB | " + " | ".join(kinds) + " |")
+    lines = [head, "|" + "---|" * (13 + len(kinds))]
     for r in rows:
+        speedup = stock_ttft / r["ttft_s"] if stock_ttft and r["ttft_s"] else None
         cells = " | ".join("{}/{}".format(*r["by_kind"][k]) if k in r["by_kind"] else "-" for k in kinds)
         lines.append(
             f"| {r['strategy']} | {_f(r['budget'], '.0f')} | {r['tokens_avg']:.0f} | {r['visual_in']:.0f} "
             f"| {100 * r['accuracy']:.1f} % | {100 * r['agreement']:.1f} % | {_f(r['encode_s'], '.3f')} "
-            f"| {_f(r['prefill_s'], '.3f')} | {r['ttft_s']:.3f} | {r['decode_tok_s']:.1f} | {r['kv_mib']:.2f} "
+            f"| {_f(r['prefill_s'], '.3f')} | {r['ttft_s']:.3f} | {_f(speedup, '.2f')} | {r['decode_tok_s']:.1f} "
+            f"| {r['kv_mib']:.2f} "
             f"| {r['peak_rss_mib']:.0f} | {cells} |")
     return "\n".join(lines)
 
