@@ -25,3 +25,9 @@ def test_default_model_answers_with_576_visual_tokens(tmp_path):
         pruned = pipe(ex.image, ex.question)
         assert pruned.stats.visual_tokens_avg < 576
         assert full.text and pruned.text
+    model_file = next(folder.glob("model-*.gguf"))
+    built = model_file.stat().st_mtime_ns
+    assert build_default_model(folder) == folder and model_file.stat().st_mtime_ns == built  # cached: not rebuilt
+    (folder / "artifacts.sha256").write_text("other artifacts")
+    build_default_model(folder)  # artifacts changed: rebuilt
+    assert next(folder.glob("model-*.gguf")).stat().st_mtime_ns != built
