@@ -37,9 +37,9 @@ class Section:
 
 SECTIONS = [
     Section("quality", "Accuracy and cost on the default model: strategies at an equal budget, and the stock peer",
-            [*ATP, "bench", "quality", "--split", "test", "--source", "scenes", "-n", "60", "--budgets", "144",
+            [*ATP, "bench", "quality", "--split", "test", "--source", "mix", "-n", "60", "--budgets", "144",
              "--calibration", "docs/bench/quality-calibration/val.jsonl", "--out", "docs/bench/quality"],
-            "Held-out test split of the generated scenes (never used to train or tune). `budget` is the target of "
+            "Held-out test split of generated scenes and Fashion-MNIST mosaics (never used to train or tune). `budget` is the target of "
             "visual tokens averaged over all decoder layers (paper metric): fixed-rule strategies meet it by "
             "construction (atp_cli/pruning/budget.py), atp-free is calibrated to it on 6 validation questions, trained "
             "atp sits at the budget it was trained for. Agreement: the answer equals the unpruned atp answer. The "
@@ -76,9 +76,9 @@ SECTIONS = [
 
 def run_section(s: Section) -> None:
     if s.name == "quality":
-        from atp_cli.data.scenes import write_split
+        from atp_cli.data.mix import SOURCES, write_mixed_split
 
-        write_split(ROOT / "docs/bench/quality-calibration", "val", 6)
+        write_mixed_split(ROOT / "docs/bench/quality-calibration", "val", 6, tuple(SOURCES))
     print(f"== {s.name}: {shlex.join(s.command)}", flush=True)
     proc = subprocess.run(s.command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:

@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--lora-steps", type=int, default=300)
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--atp-steps", type=int, default=60)
+    ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="start from the committed projector (skip stage 1)")
@@ -69,7 +70,8 @@ def main() -> None:
         return
     tuned = assemble_checkpoint(args.work / "tuned", load_file(str(PROJECTOR)), seed=args.seed,
                                 lora_path=LORA if LORA.is_file() else None)
-    train(tuned, later, ATP_WEIGHTS, TrainConfig(budget=args.budget, steps=args.atp_steps, seed=args.seed), on_step=log)
+    train(tuned, later, ATP_WEIGHTS, TrainConfig(budget=args.budget, steps=args.atp_steps, lr=args.atp_lr,
+                                                    seed=args.seed), on_step=log)
     print(f"wrote {PROJECTOR}, {LORA} and {ATP_WEIGHTS}")
 
 
