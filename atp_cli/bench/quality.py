@@ -48,7 +48,7 @@ class Row:
     encode_s: float | None = None
     prefill_s: float | None = None
     ttft_s: float = 0.0
-    decode_tok_s: float = 0.0
+    decode_tok_s: float | None = None  # None: answers too short (one token) to time decoding
     kv_mib: float = 0.0
     peak_rss_mib: float = 0.0
     by_kind: dict[str, list[int]] = field(default_factory=dict)
@@ -136,9 +136,9 @@ def run_peer(peer: StockLlava, rows: Sequence[dict], n_visual: int, reference: l
     with PeakRss() as peak:
         for r in rows:
             ans = peer(r["image_path"], r["question"])
+            decode = {"decode_tok_s": ans.decode_tokens_per_s} if ans.decode_tokens_per_s > 0 else {}
             samples.add(ans.text, r["answer"], r.get("kind", "all"), tokens_avg=n_visual, visual_in=n_visual,
-                        ttft_s=ans.first_token_seconds, decode_tok_s=ans.decode_tokens_per_s,
-                        kv_mib=ans.kv_bytes / 2**20)
+                        ttft_s=ans.first_token_seconds, kv_mib=ans.kv_bytes / 2**20, **decode)
             tick()
     row = samples.fill(Row(PEER, None, {}), reference)
     row.peak_rss_mib = peak.mib

@@ -60,7 +60,7 @@ def quality_table(rows: list[dict], peer: str = PEER) -> str:
         lines.append(
             f"| {r['strategy']} | {_f(r['budget'], '.0f')} | {r['tokens_avg']:.0f} | {r['visual_in']:.0f} "
             f"| {100 * r['accuracy']:.1f} % | {100 * r['agreement']:.1f} % | {_f(r['encode_s'], '.3f')} "
-            f"| {_f(r['prefill_s'], '.3f')} | {r['ttft_s']:.3f} | {_f(speedup, '.2f')} | {r['decode_tok_s']:.1f} "
+            f"| {_f(r['prefill_s'], '.3f')} | {r['ttft_s']:.3f} | {_f(speedup, '.2f')} | {_f(r['decode_tok_s'], '.1f')} "
             f"| {r['kv_mib']:.2f} "
             f"| {r['peak_rss_mib']:.0f} | {cells} |")
     return "\n".join(lines)
