@@ -155,7 +155,7 @@ def _one_example(model, tokenizer, nets, atp: AtpConfig, sample: Sample, image_i
                                         reduction="batchmean")
         loss = loss + cfg.distill * kl
     (loss / cfg.accumulate).backward()
-    return float(loss), float(out.loss), float(budget_loss), float(tokens_avg)
+    return float(loss.detach()), float(out.loss.detach()), float(budget_loss.detach()), float(tokens_avg.detach())
 
 
 def _save_tuned(model, tokenizer, src: Path, dst: Path, cfg: TrainConfig) -> None:
@@ -219,7 +219,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
             pixels = torch.from_numpy(pixel_values(load_image(sample.image), size, mean, std))[None].to(device)
             loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
             (loss / cfg.accumulate).backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         opt.step()
         if on_step is not None:
             on_step(StepLog(step, float(np.mean(losses)), float(np.mean(losses)), 0.0, float(n_visual)))
