@@ -76,3 +76,17 @@ def calibrate(dec: SegmentedDecoder, prompts: Sequence[Prompt], config: AtpConfi
             best = (mid, value)
         lo, hi = (mid, hi) if value < target else (lo, mid)
     return Calibration((best[0],) * len(config.boundaries), tuple(strides), target, best[1])
+
+
+def calibrate_pipeline(pipe, questions: Sequence[tuple], target: float, strides: Sequence[int],
+                       on_step: Callable[[float, float], None] | None = None) -> tuple[AtpConfig, Calibration]:
+    """Calibrate atp-free levels for a Pipeline on (image, question) pairs: the mmproj's ATP configuration when it
+    has one (else the default boundaries), strides padded with 0 (no grid) to one per module."""
+    from atp_cli.pruning.config import default_boundaries
+
+    n_layer = pipe.model.n_layer
+    config = pipe.weights.config if pipe.weights else AtpConfig(n_layer, default_boundaries(n_layer))
+    n = len(config.boundaries)
+    pipe.set_strategy("atp-free", mass=0.5)  # segment layout of these boundaries
+    prompts = [pipe.prompt(image, question)[0] for image, question in questions]
+    return config, calibrate(pipe.decoder, prompts, config, (tuple(strides) + (0,) * n)[:n], target, on_step=on_step)

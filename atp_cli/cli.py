@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from atp_cli.bench.cli import bench
 from atp_cli.errors import AtpError
 
 EXAMPLE_IMAGE = Path(__file__).resolve().parent / "examples" / "sunset.png"
@@ -139,9 +140,8 @@ def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: st
 @click.option("--threads", type=int, default=0)
 def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int, threads: int) -> None:
     """Choose training-free ATP levels for a converted FOLDER that meet --budget on DATA; write them into its mmproj."""
-    from atp_cli.calibration import calibrate as run_calibration
+    from atp_cli.calibration import calibrate_pipeline
     from atp_cli.pipeline import Pipeline, PipelineConfig
-    from atp_cli.pruning.config import AtpConfig, default_boundaries
     from atp_cli.pruning.store import AtpWeights
     from atp_cli.runtime.context import ContextConfig
     from atp_cli.train.data import load_samples
@@ -151,12 +151,9 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
     config = PipelineConfig(context=ContextConfig(n_threads=threads))
     with Pipeline.from_dir(folder, "atp-free", config) as pipe:
         existing = pipe.weights
-        atp_config = existing.config if existing else AtpConfig(pipe.model.n_layer, default_boundaries(pipe.model.n_layer))
-        k = _int_tuple(strides) or ()
-        k = (tuple(k) + (0,) * len(atp_config.boundaries))[: len(atp_config.boundaries)]
-        prompts = [pipe.prompt(s.image, s.question)[0] for s in samples]
-        result = run_calibration(pipe.decoder, prompts, atp_config, k, budget,
-                                 on_step=lambda p, v: click.echo(f"  mass {p:.4f} -> {v:.1f} tokens"))
+        atp_config, result = calibrate_pipeline(pipe, [(s.image, s.question) for s in samples], budget,
+                                                _int_tuple(strides) or (),
+                                                on_step=lambda p, v: click.echo(f"  mass {p:.4f} -> {v:.1f} tokens"))
     weights = AtpWeights(atp_config, existing.mlps if existing else (), result.mass, result.stride)
     path = attach(folder, weights)
     click.echo(f"mass {result.mass[0]:.4f}, strides {list(result.stride)}: {result.achieved:.1f} tokens "
@@ -239,13 +236,7 @@ def _int_tuple(text: str | None) -> tuple[int, ...] | None:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from e
 
 
-def _register_bench() -> None:
-    from atp_cli.bench.cli import bench
-
-    cli.add_command(bench)
-
-
-_register_bench()
+cli.add_command(bench)
 
 
 def main() -> None:

@@ -27,17 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_cli.assets import smollm2_gguf  # noqa: E402
-from atp_cli.bench.speed import Schedule  # noqa: E402
+from atp_cli.bench.speed import N_AFTER, N_BEFORE, N_DECODE, N_VISUAL, SHAPES, Schedule  # noqa: E402
 from atp_cli.driver import SegmentedDecoder  # noqa: E402
 from atp_cli.prompt_input import Prompt, Span  # noqa: E402
 from atp_cli.runtime.context import ContextConfig  # noqa: E402
 from atp_cli.runtime.log import quiet_llama_logs  # noqa: E402
 from atp_cli.runtime.model import LlamaModel  # noqa: E402
 from converters.quantize import quantize_gguf  # noqa: E402
-from converters.random_llama import LlamaShape, random_weights, write_llama_gguf  # noqa: E402
+from converters.random_llama import random_weights, write_llama_gguf  # noqa: E402
 
-N_VISUAL, N_BEFORE, N_AFTER, N_DECODE = 576, 10, 20, 32
-LLAMA_1B = LlamaShape(n_layer=16, n_embd=2048, n_head=32, n_head_kv=8, n_ff=8192, n_ctx_train=4096)
+LLAMA_1B = SHAPES["1b"][0]
 
 
 def schedules(n_layer: int) -> list[Schedule]:

@@ -15,12 +15,11 @@ from dataclasses import asdict, dataclass, field
 
 from atp_cli.bench.memory import PeakRss
 from atp_cli.bench.peer import StockLlava
-from atp_cli.calibration import calibrate
+from atp_cli.calibration import calibrate_pipeline
 from atp_cli.data.scenes import exact_match, normalise
 from atp_cli.errors import InputError
 from atp_cli.pipeline import Pipeline
 from atp_cli.pruning.budget import FIXED_RULES, params_for_budget
-from atp_cli.pruning.config import AtpConfig, default_boundaries
 from atp_cli.pruning.registry import DEFAULT_FREE_STRIDES
 
 PEER = "stock llama-cpp-python"
@@ -103,11 +102,8 @@ def strategy_params(pipe: Pipeline, plan: Plan, calibration: Sequence[dict]) -> 
     if plan.strategy == "atp-free":
         if not calibration:
             raise InputError("atp-free at a chosen budget needs calibration questions (--calibration)")
-        config = pipe.weights.config if pipe.weights else AtpConfig(n_layer, default_boundaries(n_layer))
-        pipe.set_strategy("atp-free", mass=0.5)
-        prompts = [pipe.prompt(r["image_path"], r["question"])[0] for r in calibration]
-        strides = (DEFAULT_FREE_STRIDES + (0,) * len(config.boundaries))[: len(config.boundaries)]
-        cal = calibrate(pipe.decoder, prompts, config, strides, plan.budget, iterations=10)
+        questions = [(r["image_path"], r["question"]) for r in calibration]
+        _, cal = calibrate_pipeline(pipe, questions, plan.budget, DEFAULT_FREE_STRIDES)
         return {"mass": cal.mass[0]}
     raise InputError(f"no budget rule for strategy {plan.strategy!r}")
 
