@@ -3,15 +3,18 @@
 
   python scripts/train_default_model.py --work /tmp/atp-default      # defaults = the committed artifacts
 
-Stage 1 trains the projector (tower and SmolLM2 frozen) on generated scene questions; stage 2 goes on training
-the projector together with rank-16 LoRA adapters on every linear layer of SmolLM2, on scenes and Fashion-MNIST
-mosaics mixed (--source); stage 3 trains the ATP threshold modules toward an average of --budget visual tokens
-(paper metric) with the language model frozen.
+Data: --train-images generated images (scenes and Fashion-MNIST mosaics mixed), each with --turns questions;
+--val-images images of the validation split measure greedy accuracy per question type while training.
+Stage 1 trains the projector alone (tower and SmolLM2 frozen); stage 2 trains the projector together with rank-16
+LoRA adapters on every linear layer of SmolLM2. Both pack an image's questions into one sequence that holds the
+image once (atp_cli/train/projector.py), so a question costs about an eighth of an image pass.
+Stage 3 trains the ATP threshold modules toward an average of --budget visual tokens (paper metric) with the
+language model frozen, on the first question of each record.
 The artifacts are written into atp_cli/assets_default/ (projector.safetensors, lora.safetensors,
-atp.safetensors). --resume starts stage 2 from the committed projector instead of re-running stage 1.
-On 2 CPU cores a step of 4 examples takes about 15 s (stage 1), 17 s (stage 2) and 15 s (stage 3) at 576 visual
-tokens: the committed artifacts took 61, about 57 and 15 minutes. A GPU is used when present. Learning rates
-are constant, so a longer run's snapshot at step N (saved every 25 steps) equals a run of N steps.
+atp.safetensors). --stages picks the stages to run; a later stage starts from the committed artifacts.
+On 2 CPU cores (bfloat16 autocast) an optimiser step of 4 images x 8 questions takes about 15 s in stages 1 and 2
+and a step of 4 questions about 15 s in stage 3. Learning rates are constant, so a longer run's snapshot at step
+N (saved every 25 steps in --work) equals a run of N steps. A GPU is used when present.
 """
 
 from __future__ import annotations
@@ -28,52 +31,62 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_cli.data.mix import SOURCES, write_mixed_split  # noqa: E402
-from atp_cli.data.scenes import write_split  # noqa: E402
 from atp_cli.default_model import ATP_WEIGHTS, LORA, PROJECTOR, assemble_checkpoint  # noqa: E402
-from atp_cli.train.trainer import ProjectorConfig, TrainConfig, train, train_projector  # noqa: E402
+from atp_cli.train.projector import ProjectorConfig, train_projector  # noqa: E402
+from atp_cli.train.trainer import StepLog, TrainConfig, train  # noqa: E402
 
 
-def log(entry, t0=time.perf_counter()) -> None:
+def log(entry: StepLog, t0=time.perf_counter()) -> None:
     print(f"step {entry.step} loss {entry.loss:.3f} tokens {entry.tokens_avg:.1f} ({time.perf_counter() - t0:.0f} s)",
           flush=True)
+    if entry.validation:
+        right = sum(r for r, _ in entry.validation.values())
+        asked = sum(n for _, n in entry.validation.values())
+        kinds = " ".join(f"{k} {r}/{n}" for k, (r, n) in entry.validation.items())
+        print(f"  validation {right}/{asked} = {right / asked:.1%}: {kinds}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/atp-default"))
-    ap.add_argument("--train-examples", type=int, default=3000)
-    ap.add_argument("--projector-steps", type=int, default=240)
-    ap.add_argument("--lora-steps", type=int, default=200)
+    ap.add_argument("--stages", default="1,2,3", help="comma-separated stages to run (1 projector, 2 LoRA, 3 ATP)")
+    ap.add_argument("--train-images", type=int, default=2400)
+    ap.add_argument("--val-images", type=int, default=40)
+    ap.add_argument("--turns", type=int, default=8, help="questions per image")
+    ap.add_argument("--projector-steps", type=int, default=25)
+    ap.add_argument("--lora-steps", type=int, default=300)
     ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3, help="projector learning rate")
+    ap.add_argument("--llm-lr", type=float, default=4e-4, help="LoRA learning rate")
+    ap.add_argument("--fp32", action="store_true", help="no bfloat16 autocast in stages 1 and 2")
     ap.add_argument("--atp-steps", type=int, default=50)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--resume", action="store_true", help="start from the committed projector (skip stage 1)")
-    ap.add_argument("--source", choices=["scenes", "mix"], default="mix",
-                    help="data of stages 2 and 3: scenes, or scenes and Fashion-MNIST mosaics mixed")
     args = ap.parse_args()
-    data = write_split(args.work / "data", "train", args.train_examples)  # stage 1: scenes
-    later = data if args.source == "scenes" else write_mixed_split(args.work / "data-mix", "train",
-                                                                   args.train_examples, tuple(SOURCES))
-    if not args.resume:
+    stages = {int(s) for s in args.stages.split(",") if s.strip()}
+    sources = tuple(SOURCES)
+    data = write_mixed_split(args.work / "data", "train", args.train_images, sources, turns=args.turns)
+    val = write_mixed_split(args.work / "val", "val", args.val_images, sources, turns=args.turns)
+    packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed)
+    if 1 in stages:
         base = assemble_checkpoint(args.work / "base", seed=args.seed)
         stage1 = train_projector(base, data, args.work / "projector",
-                                 ProjectorConfig(steps=args.projector_steps, seed=args.seed), on_step=log)
+                                 ProjectorConfig(**{**vars(packed), "steps": args.projector_steps}),
+                                 on_step=log, validation=val)
         shutil.copyfile(stage1 / "projector.safetensors", PROJECTOR)
-    if args.lora_steps > 0:
+    if 2 in stages:
         start = assemble_checkpoint(args.work / "stage2-start", load_file(str(PROJECTOR)), seed=args.seed)
-        stage2 = train_projector(start, later, args.work / "lora",
-                                 ProjectorConfig(steps=args.lora_steps, seed=args.seed + 1, lora_rank=args.lora_rank),
-                                 on_step=log)
+        cfg = ProjectorConfig(**{**vars(packed), "steps": args.lora_steps, "seed": args.seed + 1,
+                                 "lora_rank": args.lora_rank})
+        stage2 = train_projector(start, data, args.work / "lora", cfg, on_step=log, validation=val)
         shutil.copyfile(stage2 / "projector.safetensors", PROJECTOR)
         shutil.copyfile(stage2 / "lora.safetensors", LORA)
-    if args.atp_steps == 0:
-        return
-    tuned = assemble_checkpoint(args.work / "tuned", load_file(str(PROJECTOR)), seed=args.seed,
-                                lora_path=LORA if LORA.is_file() else None)
-    train(tuned, later, ATP_WEIGHTS, TrainConfig(budget=args.budget, steps=args.atp_steps, lr=args.atp_lr,
-                                                    seed=args.seed), on_step=log)
+    if 3 in stages:
+        tuned = assemble_checkpoint(args.work / "tuned", load_file(str(PROJECTOR)), seed=args.seed,
+                                    lora_path=LORA if LORA.is_file() else None)
+        train(tuned, data, ATP_WEIGHTS, TrainConfig(budget=args.budget, steps=args.atp_steps, lr=args.atp_lr,
+                                                        seed=args.seed), on_step=log)
     print(f"wrote {PROJECTOR}, {LORA} and {ATP_WEIGHTS}")
 
 

@@ -180,3 +180,21 @@ def test_cli_writes_photos(tmp_path):
     result = CliRunner().invoke(cli, ["data", str(tmp_path), "--photos"], standalone_mode=False,
                                 catch_exceptions=False)
     assert result.exit_code == 0 and (tmp_path / "astronaut.png").is_file()
+
+
+def test_more_questions_about_a_mosaic_match_its_cells():
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        ex = mosaics.make_example("train", i)
+        labels = [c.label for c in ex.cells if c is not None]
+        for question, answer, kind in ex.more_questions(rng, 6):
+            assert kind in QUESTION_TYPES
+            if kind == "fashion_what":
+                pos = POSITIONS.index(question.removeprefix("What item is in the ").removesuffix("?"))
+                assert answer == CLASSES[ex.cells[pos].label].name
+            if kind == "fashion_where":
+                cell = ex.cells[POSITIONS.index(answer)]
+                assert cell is not None and labels.count(cell.label) == 1 and CLASSES[cell.label].noun in question
+            if kind == "fashion_count":
+                garment = next(g for g in CLASSES if f"many {g.plural} are" in question)
+                assert answer == NUMBERS[labels.count(CLASSES.index(garment))]

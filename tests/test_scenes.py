@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from atp_cli.data.scenes import COLOURS, QUESTION_TYPES, SIZE, exact_match, make_example, normalise, write_split
+from atp_cli.data.scenes import (COLOURS, NUMBERS, QUESTION_TYPES, SIZE, exact_match, make_example, normalise,
+                                write_split)
 from atp_cli.errors import InputError
 from atp_cli.train.data import load_samples
 
@@ -48,3 +49,30 @@ def test_written_split_loads_as_training_data(tmp_path):
     samples = load_samples(path)
     assert len(samples) == 6 and all(s.image.is_file() for s in samples)
     assert json.loads(path.read_text().splitlines()[0])["kind"] in QUESTION_TYPES
+
+
+def test_more_questions_answer_what_is_drawn():
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        ex = make_example("train", i)
+        for question, answer, kind in ex.more_questions(rng, 6):
+            assert kind in QUESTION_TYPES and (kind != "text" or ex.word) and (kind != "relation" or len(ex.items) > 1)
+            if kind == "count_colour":
+                colour = question.split()[2]
+                assert answer == NUMBERS[sum(it.colour == colour for it in ex.items)]
+            if kind == "colour":
+                assert answer in {it.colour for it in ex.items if it.shape in question}
+            if kind == "text":
+                assert answer == ex.word
+
+
+def test_written_turns_share_the_image_and_keep_the_first_question(tmp_path):
+    single = json.loads(write_split(tmp_path / "a", "val", 3).read_text().splitlines()[0])
+    packed = [json.loads(line) for line in write_split(tmp_path / "b", "val", 3, turns=5).read_text().splitlines()]
+    assert packed[0]["conversations"][:2] == single["conversations"]
+    samples = load_samples(tmp_path / "b" / "val.jsonl")
+    assert all(len(s.turns) == 5 for s in samples) and samples[0].question == samples[0].turns[0][0]
+    assert all("<image>" not in q for s in samples for q, _ in s.turns)
+    assert sum(c["value"].count("<image>") for c in packed[0]["conversations"]) == 1
+    with pytest.raises(InputError, match="turns"):
+        write_split(tmp_path / "c", "val", 1, turns=0)

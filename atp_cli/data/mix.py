@@ -35,8 +35,8 @@ def make_mixed_example(split: str, index: int, sources: tuple[str, ...] = ("scen
 
 
 def write_mixed_split(out: str | Path, split: str, n: int, sources: tuple[str, ...] = ("scenes", "mosaics"),
-                      start: int = 0) -> Path:
+                      start: int = 0, turns: int = 1) -> Path:
     """Like scenes.write_split, with each example drawn from one of `sources`."""
     sources = tuple(sources)
     _check(sources)
-    return scenes.write_split(out, split, n, start, make=partial(make_mixed_example, sources=sources))
+    return scenes.write_split(out, split, n, start, make=partial(make_mixed_example, sources=sources), turns=turns)

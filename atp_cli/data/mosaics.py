@@ -58,6 +58,16 @@ class Cell:
 class MosaicExample(Example):
     cells: tuple[Cell | None, ...] = ()  # by POSITIONS; None: an empty cell. Kept so answers can be checked.
 
+    def _draw_question(self, rng: np.random.Generator) -> tuple[str, str, str]:
+        """A question of a random type about a random item of this mosaic (`where` only of an item seen once)."""
+        filled = [p for p, c in enumerate(self.cells) if c is not None]
+        labels = [self.cells[p].label for p in filled]
+        unique = [p for p in filled if labels.count(self.cells[p].label) == 1]
+        kinds = [k for k in QUESTION_TYPES if k != "fashion_where" or unique]
+        kind = kinds[int(rng.integers(len(kinds)))]
+        targets = unique if kind == "fashion_where" else filled
+        return (*_ask(kind, self.cells, targets[int(rng.integers(len(targets)))]), kind)
+
 
 Part = tuple[np.ndarray, np.ndarray]  # images uint8 [N, 28, 28], labels uint8 [N]
 Loader = Callable[[str], Part]

@@ -46,6 +46,34 @@ class Example:
     answer: str
     kind: str
 
+    def more_questions(self, rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
+        """Up to n further (question, answer, kind) about the same image, none asked twice (nor the example's own);
+        none unless the source knows the image's content (`_draw_question`)."""
+        asked, out = {self.question}, []
+        for _ in range(4 * n):  # small scenes have few distinct questions: stop trying after a while
+            if len(out) == n:
+                break
+            question = self._draw_question(rng)
+            if question is not None and question[0] not in asked:
+                asked.add(question[0])
+                out.append(question)
+        return out
+
+    def _draw_question(self, rng: np.random.Generator) -> tuple[str, str, str] | None:
+        return None
+
+
+@dataclass(frozen=True)
+class SceneExample(Example):
+    items: tuple[Item, ...] = ()
+    word: str | None = None
+
+    def _draw_question(self, rng: np.random.Generator) -> tuple[str, str, str]:
+        """A question of a random type that this scene can answer (relations need two shapes, text a word)."""
+        kinds = [k for k in QUESTION_TYPES if (k != "relation" or len(self.items) > 1) and (k != "text" or self.word)]
+        kind = kinds[int(rng.integers(len(kinds)))]
+        return (*_ask(kind, list(self.items), self.word, rng), kind)
+
 
 def _place(rng: np.random.Generator, n: int) -> list[tuple[int, int, int]]:
     """n non-overlapping (x, y, r) circles of room inside the canvas."""
@@ -91,7 +119,7 @@ def make_example(split: str, index: int, kind: str | None = None) -> Example:
     background = tuple(int(v) for v in rng.integers(200, 256, 3))
     word = WORDS[int(rng.integers(len(WORDS)))] if kind == "text" else None
     question, answer = _ask(kind, items, word, rng)
-    return Example(_draw(items, background, word), question, answer, kind)
+    return SceneExample(_draw(items, background, word), question, answer, kind, tuple(items), word)
 
 
 def _describe(it: Item) -> str:
@@ -135,11 +163,31 @@ def exact_match(prediction: str, answer: str) -> bool:
 MakeExample = Callable[[str, int], Example]
 
 
-def write_split(out: str | Path, split: str, n: int, start: int = 0, make: MakeExample = make_example) -> Path:
+PROMPT_SUFFIX = " Answer with a word or two."
+TURN_SEED_STREAM = 30  # the extra questions of a record draw from a stream of their own
+
+
+def _turns(ex: Example, split: str, index: int, turns: int) -> tuple[list[dict], list[str]]:
+    """The record's conversation (its own question first, then turns - 1 more) and each question's type."""
+    rng = np.random.default_rng([SPLITS[split] + TURN_SEED_STREAM, index])
+    asked = [(ex.question, ex.answer, ex.kind), *ex.more_questions(rng, turns - 1)]
+    conv = []
+    for i, (q, a, _) in enumerate(asked):
+        conv += [{"from": "human", "value": f"{'<image>' + chr(10) if i == 0 else ''}{q}{PROMPT_SUFFIX}"},
+                 {"from": "gpt", "value": a}]
+    return conv, [kind for _, _, kind in asked]
+
+
+def write_split(out: str | Path, split: str, n: int, start: int = 0, make: MakeExample = make_example,
+                turns: int = 1) -> Path:
     """Write n examples as PNG files and a LLaVA-format JSONL (`{split}.jsonl`) into `out`.
 
     `make(split, index)` draws each example (scenes by default), so every source shares one record format.
+    `turns` > 1 adds further questions about the same image as more human/gpt pairs of the record (the record's
+    `kind` is that of its first question); training packs them so that one pass over the image serves them all.
     """
+    if turns < 1:
+        raise InputError(f"turns must be at least 1, got {turns}")
     out = Path(out)
     (out / split).mkdir(parents=True, exist_ok=True)
     lines = []
@@ -149,9 +197,9 @@ def write_split(out: str | Path, split: str, n: int, start: int = 0, make: MakeE
         tmp = out / f"{rel}.part"
         ex.image.save(tmp, format="PNG")
         os.replace(tmp, out / rel)
-        lines.append(json.dumps({"id": f"{split}-{i}", "image": rel, "kind": ex.kind, "conversations": [
-            {"from": "human", "value": f"<image>\n{ex.question} Answer with a word or two."},
-            {"from": "gpt", "value": ex.answer}]}))
+        conversation, kinds = _turns(ex, split, i, turns)
+        lines.append(json.dumps({"id": f"{split}-{i}", "image": rel, "kind": ex.kind, "kinds": kinds,
+                                 "conversations": conversation}))
     path = out / f"{split}.jsonl"
     tmp = path.with_name(path.name + ".part")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -4,7 +4,8 @@
      "conversations": [{"from": "human", "value": "<image>\\nWhat colour is the circle?"},
                        {"from": "gpt", "value": "Red."}]}
 
-Image paths are relative to the data file. The first human/gpt pair of each record is used.
+Image paths are relative to the data file. Every human/gpt pair of a record is kept (`Sample.turns`); the
+ATP trainer uses the first, the projector trainer packs them all as independent questions about the image.
 """
 
 from __future__ import annotations
@@ -23,19 +24,31 @@ IMAGE_PLACEHOLDER = "<image>"
 @dataclass(frozen=True)
 class Sample:
     image: Path
-    question: str  # without the placeholder
-    answer: str
+    turns: tuple[tuple[str, str], ...]  # (question without the placeholder, answer), in the record's order
+    kinds: tuple[str, ...] = ()  # question type per turn, where the record names them (generated data does)
+
+    @property
+    def question(self) -> str:
+        return self.turns[0][0]
+
+    @property
+    def answer(self) -> str:
+        return self.turns[0][1]
 
 
 def _parse(record: dict, base: Path, where: str) -> Sample:
     try:
         conv = record["conversations"]
-        human = next(t["value"] for t in conv if t["from"] == "human")
-        gpt = next(t["value"] for t in conv if t["from"] == "gpt")
+        humans = [t["value"] for t in conv if t["from"] == "human"]
+        gpts = [t["value"] for t in conv if t["from"] == "gpt"]
         image = base / record["image"]
-    except (KeyError, StopIteration, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise InputError(f"{where}: not a LLaVA record with an image and a human/gpt pair ({e})") from e
-    return Sample(image, human.replace(IMAGE_PLACEHOLDER, "").strip(), gpt.strip())
+    if not humans or not gpts or not all(isinstance(v, str) for v in humans + gpts):
+        raise InputError(f"{where}: not a LLaVA record with an image and a human/gpt pair")
+    turns = tuple((h.replace(IMAGE_PLACEHOLDER, "").strip(), g.strip()) for h, g in zip(humans, gpts))
+    kinds = record.get("kinds") or ([record["kind"]] if "kind" in record else [])
+    return Sample(image, turns, tuple(str(k) for k in kinds[: len(turns)]))
 
 
 def load_samples(path: str | Path) -> list[Sample]:
@@ -85,3 +98,45 @@ def encode_sample(tokenizer, sample: Sample, image_token_id: int, n_visual: int)
     visual = np.arange(v0, v0 + n_visual)
     query = np.arange(v0 + n_visual, v0 + n_visual + len(ids_after))
     return PromptTokens(np.array(ids), np.array(labels), visual, query)
+
+
+@dataclass(frozen=True)
+class PackedTokens:
+    """All turns of a sample in one sequence: the image prefix once, then each turn as its own branch.
+
+    `block` is 0 on the shared prefix (chat header + image) and k on turn k; a token sees the prefix and the
+    earlier tokens of its own turn only, and each turn's positions continue from the prefix, so every turn is
+    computed exactly as a single-turn example would be while the image is paid for once.
+    """
+
+    input_ids: np.ndarray  # (T,)
+    labels: np.ndarray  # (T,) -100 except on the answers
+    positions: np.ndarray  # (T,) rope positions
+    block: np.ndarray  # (T,) 0 = prefix, k = turn k
+    visual: np.ndarray  # positions of the image tokens
+
+    def allowed(self) -> np.ndarray:
+        """(T, T) bool: query i may attend key j."""
+        t = len(self.block)
+        causal = np.tril(np.ones((t, t), dtype=bool))
+        same = (self.block[None, :] == 0) | (self.block[None, :] == self.block[:, None])
+        return causal & same
+
+
+def encode_packed(tokenizer, sample: Sample, image_token_id: int, n_visual: int) -> PackedTokens:
+    before, _ = chat_prompt(tokenizer, sample.question)
+    prefix = tokenizer(before, add_special_tokens=True)["input_ids"] + [image_token_id] * n_visual
+    ids, labels, positions, block = list(prefix), [-100] * len(prefix), list(range(len(prefix))), [0] * len(prefix)
+    for k, (question, answer) in enumerate(sample.turns, start=1):
+        head, after = chat_prompt(tokenizer, question)
+        if head != before:
+            raise InputError(f"the chat template puts question-dependent text before the image: {head!r}")
+        asked = tokenizer(after, add_special_tokens=False)["input_ids"]
+        said = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids += asked + said
+        labels += [-100] * len(asked) + said
+        positions += range(len(prefix), len(prefix) + len(asked) + len(said))
+        block += [k] * (len(asked) + len(said))
+    v0 = len(prefix) - n_visual
+    return PackedTokens(np.array(ids), np.array(labels), np.array(positions), np.array(block),
+                        np.arange(v0, v0 + n_visual))

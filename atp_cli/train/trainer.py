@@ -27,6 +27,7 @@ from atp_cli.pruning.store import AtpWeights, save_safetensors
 from atp_cli.train import lora
 from atp_cli.train.attention import controlled
 from atp_cli.train.data import Sample, encode_sample, load_samples
+from atp_cli.train.model_io import copy_side_files, image_setup, load_model
 from atp_cli.train.soft_prune import SoftPruning, make_nets
 
 log = logging.getLogger(__name__)
@@ -56,26 +57,7 @@ class StepLog:
     next_token: float
     budget_loss: float
     tokens_avg: float
-
-
-def _load(checkpoint: Path, seed: int):
-    """(model on the GPU when present, tokenizer, device), with every random source seeded."""
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-    torch.manual_seed(seed)
-    random.seed(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = LlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).to(device)
-    return model, AutoTokenizer.from_pretrained(checkpoint), device
-
-
-def _image_setup(model, ckpt: Path) -> tuple[int, int, list, list]:
-    vc = model.config.vision_config
-    pre_path = ckpt / "preprocessor_config.json"
-    pre = json.loads(pre_path.read_text()) if pre_path.is_file() else {}
-    size = int(pre.get("crop_size", {}).get("height", vc.image_size))  # the size the mmproj is converted at
-    n_visual = (size // vc.patch_size) ** 2
-    return size, n_visual, pre.get("image_mean", [0.5] * 3), pre.get("image_std", [0.5] * 3)
+    validation: dict[str, tuple[int, int]] | None = None  # question type -> (answered right, asked), when measured
 
 
 def _llm_params(model, cfg: TrainConfig) -> list[torch.nn.Parameter]:
@@ -97,9 +79,9 @@ def train(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: TrainC
           on_step: Callable[[StepLog], None] | None = None, save_model: str | Path | None = None) -> AtpWeights:
     checkpoint = Path(checkpoint)
     samples = load_samples(data)
-    model, tokenizer, device = _load(checkpoint, cfg.seed)
+    model, tokenizer, device = load_model(checkpoint, cfg.seed)
     n_layer = model.config.text_config.num_hidden_layers
-    size, n_visual, mean, std = _image_setup(model, checkpoint)
+    size, n_visual, mean, std = image_setup(model, checkpoint)
     if not 0 < cfg.budget <= n_visual:
         raise InputError(f"budget must be in (0, {n_visual}] visual tokens, got {cfg.budget}")
     grid = int(math.isqrt(n_visual))
@@ -172,82 +154,5 @@ def _save_tuned(model, tokenizer, src: Path, dst: Path, cfg: TrainConfig) -> Non
     else:
         model.save_pretrained(dst)
     tokenizer.save_pretrained(dst)
-    _copy_side_files(src, dst)
+    copy_side_files(src, dst)
     (dst / "atp_train.json").write_text(json.dumps(asdict(cfg), indent=2))
-
-
-@dataclass(frozen=True)
-class ProjectorConfig:
-    steps: int = 500
-    accumulate: int = 4
-    lr: float = 1e-3
-    seed: int = 0
-    save_every: int = 25  # steps between snapshots of projector.safetensors (and lora.safetensors) in `out`
-    lora_rank: int = 0  # > 0: the language model learns LoRA adapters alongside the projector (stage 2)
-    llm_lr: float = 2e-4
-
-
-def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: ProjectorConfig = ProjectorConfig(),
-                    on_step: Callable[[StepLog], None] | None = None) -> Path:
-    """Stage 1 of LLaVA: only the projector learns (tower and language model frozen), next-token loss.
-    With `lora_rank` > 0 the language model also learns LoRA adapters (a cheap stand-in for LLaVA's stage 2).
-
-    Writes projector.safetensors (and lora.safetensors) to `out`; without LoRA also the whole checkpoint."""
-    checkpoint, out = Path(checkpoint), Path(out)
-    samples = load_samples(data)
-    model, tokenizer, device = _load(checkpoint, cfg.seed)
-    size, n_visual, mean, std = _image_setup(model, checkpoint)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = list(model.model.multi_modal_projector.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    groups = [{"params": params, "lr": cfg.lr}]
-    lm = model.model.language_model
-    if cfg.lora_rank > 0:
-        groups.append({"params": lora.inject(lm, cfg.lora_rank), "lr": cfg.llm_lr})
-    opt = torch.optim.AdamW(groups)
-    image_id = model.config.image_token_index
-    for step in range(cfg.steps):
-        opt.zero_grad()
-        losses = []
-        for _ in range(cfg.accumulate):
-            sample = random.choice(samples)
-            tokens = encode_sample(tokenizer, sample, image_id, n_visual)
-            ids = torch.from_numpy(tokens.input_ids)[None].to(device)
-            labels = torch.from_numpy(tokens.labels)[None].to(device)
-            pixels = torch.from_numpy(pixel_values(load_image(sample.image), size, mean, std))[None].to(device)
-            loss = model(input_ids=ids, pixel_values=pixels, labels=labels).loss
-            (loss / cfg.accumulate).backward()
-            losses.append(float(loss.detach()))
-        opt.step()
-        if on_step is not None:
-            on_step(StepLog(step, float(np.mean(losses)), float(np.mean(losses)), 0.0, float(n_visual)))
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            _save_projector(model, out / "projector.safetensors")
-            if cfg.lora_rank > 0:
-                lora.save(lm, out / "lora.safetensors")
-    if cfg.lora_rank > 0:
-        return out
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    _copy_side_files(checkpoint, out)
-    return out
-
-
-def _save_projector(model, path: Path) -> None:
-    """The projector alone (a few MB): what the default model commits."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
-    tmp = path.with_name(path.name + ".part")
-    save_file(state, str(tmp))
-    tmp.replace(path)
-
-
-def _copy_side_files(src: Path, dst: Path) -> None:
-    """Files save_pretrained does not write but `atp convert` and training read."""
-    for extra in ("preprocessor_config.json", "tokenizer.model"):
-        if (src / extra).is_file():
-            (dst / extra).write_bytes((src / extra).read_bytes())

@@ -1,0 +1,97 @@
+"""The packed projector stage: one sequence per image computes each question exactly as alone, and it learns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from PIL import Image  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
+
+from atp_cli.image_input import load_image, pixel_values  # noqa: E402
+from atp_cli.train.data import encode_packed, encode_sample, load_samples  # noqa: E402
+from atp_cli.train.model_io import image_setup, load_model  # noqa: E402
+from atp_cli.train.projector import FeatureCache, ProjectorConfig, packed_loss, train_projector  # noqa: E402
+from tests.tiny_llava import build_tiny_llava  # noqa: E402
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("projector")
+    ckpt = build_tiny_llava(root / "ckpt", "clip", text_layers=3)
+    rng = np.random.default_rng(0)
+    records = []
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        img = np.full((16, 16, 3), rgb, np.uint8) + rng.integers(0, 20, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / f"{i}.png")
+        records.append({"image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nwhat colour is the picture"}, {"from": "gpt", "value": name},
+            {"from": "human", "value": "is the picture red"}, {"from": "gpt", "value": "yes" if i == 0 else "no"},
+            {"from": "human", "value": "what colour is it"}, {"from": "gpt", "value": f"{name} colour"}]})
+    data = root / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    return ckpt, data
+
+
+def test_packed_turns_equal_single_turn_examples(setup):
+    ckpt, data = setup
+    model, tokenizer, _ = load_model(ckpt, 0)
+    size, n_visual, mean, std = image_setup(model, ckpt)
+    image_id = model.config.image_token_index
+    sample = load_samples(data)[1]
+    packed = encode_packed(tokenizer, sample, image_id, n_visual)
+    assert (packed.block == 0).sum() > n_visual and packed.block.max() == len(sample.turns)
+    features = FeatureCache(model, size, mean, std)
+    with torch.no_grad():
+        total, count = packed_loss(model, packed, features(sample.image).float())
+        singles, single_count = 0.0, 0
+        for turn in sample.turns:
+            one = type(sample)(sample.image, (turn,))
+            tokens = encode_sample(tokenizer, one, image_id, n_visual)
+            pixels = torch.from_numpy(pixel_values(load_image(sample.image), size, mean, std))[None]
+            n = int((tokens.labels != -100).sum())
+            loss = model(input_ids=torch.from_numpy(tokens.input_ids)[None], pixel_values=pixels,
+                         labels=torch.from_numpy(tokens.labels)[None]).loss
+            singles, single_count = singles + float(loss) * n, single_count + n
+    assert count == single_count
+    # the tower features are cached in float16; everything else is the same computation
+    assert float(total) == pytest.approx(singles, rel=2e-3)
+
+
+def test_a_turn_never_sees_another_turn(setup):
+    ckpt, data = setup
+    _, tokenizer, _ = load_model(ckpt, 0)
+    packed = encode_packed(tokenizer, load_samples(data)[0], 5, 16)
+    allowed = packed.allowed()
+    for i in np.flatnonzero(packed.block == 2):
+        assert not allowed[i, packed.block == 1].any() and allowed[i, packed.block == 0].all()
+        assert packed.positions[i] < (packed.block == 0).sum() + (packed.block == 2).sum()
+
+
+def test_projector_and_lora_learn_and_are_saved(setup, tmp_path):
+    ckpt, data = setup
+    seen = []
+    out = train_projector(ckpt, data, tmp_path / "out", ProjectorConfig(steps=30, accumulate=3, lr=1e-2, llm_lr=1e-2,
+                                                                         lora_rank=4, save_every=10),
+                          on_step=seen.append)
+    assert np.mean([s.loss for s in seen[-3:]]) < 0.85 * np.mean([s.loss for s in seen[:3]])
+    projector = load_file(str(out / "projector.safetensors"))
+    assert {"linear_1.weight", "linear_2.weight"} <= set(projector)
+    assert any(k.endswith("lora_A.weight") for k in load_file(str(out / "lora.safetensors")))
+
+
+def test_validation_counts_every_turn_by_type(setup, tmp_path):
+    ckpt, data = setup
+    seen = []
+    train_projector(ckpt, data, tmp_path / "out", ProjectorConfig(steps=2, accumulate=1, validate_every=1),
+                    on_step=seen.append, validation=data)
+    assert all(s.validation is not None for s in seen)
+    right, asked = seen[-1].validation["all"]
+    assert asked == 9 and 0 <= right <= asked
