@@ -198,3 +198,12 @@ def test_more_questions_about_a_mosaic_match_its_cells():
             if kind == "fashion_count":
                 garment = next(g for g in CLASSES if f"many {g.plural} are" in question)
                 assert answer == NUMBERS[labels.count(CLASSES.index(garment))]
+
+
+def test_patch_words_name_the_item_in_each_cell():
+    ex = mosaics.make_example("train", 3)
+    words = ex.patch_words(24)
+    for pos, cell in enumerate(ex.cells):
+        inside = {words[r * 24 + c] for r in range(24) for c in range(24) if (r // 12) * 2 + c // 12 == pos}
+        expected = {("background",)} | ({(CLASSES[cell.label].name, *POSITIONS[pos].split())} if cell else set())
+        assert inside <= expected and (cell is None or len(inside) == 2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from atp_cli.data.scenes import (COLOURS, NUMBERS, QUESTION_TYPES, SIZE, exact_match, make_example, normalise,
-                                write_split)
+                                patch_regions, write_split)
 from atp_cli.errors import InputError
 from atp_cli.train.data import load_samples
 
@@ -76,3 +76,21 @@ def test_written_turns_share_the_image_and_keep_the_first_question(tmp_path):
     assert sum(c["value"].count("<image>") for c in packed[0]["conversations"]) == 1
     with pytest.raises(InputError, match="turns"):
         write_split(tmp_path / "c", "val", 1, turns=0)
+
+
+def test_patch_regions_take_the_majority_above_the_cover():
+    regions = np.zeros((8, 8), np.uint8)
+    regions[:4, :4] = 1  # patch 0 fully region 1
+    regions[:4, 4:5] = 2  # patch 1: a quarter region 2
+    regions[4:6, :1] = 3  # patch 2: an eighth region 3, under the cover
+    assert patch_regions(regions, 2, min_cover=0.2).tolist() == [1, 2, 0, 0]
+
+
+def test_patch_words_describe_the_shapes_under_them():
+    ex = make_example("train", 5)
+    words = ex.patch_words(24)
+    assert len(words) == 576
+    for it in ex.items:
+        row, col = min(it.y // 14, 23), min(it.x // 14, 23)  # the patch under the shape's centre
+        assert words[row * 24 + col][:2] == (it.colour, it.shape)
+    assert words.count(("background",)) > 576 // 2

@@ -12,13 +12,13 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from atp_cli.data.scenes import NUMBERS, SIZE, SPLITS, Example
+from atp_cli.data.scenes import NUMBERS, SIZE, SPLITS, Example, patch_regions
 from atp_cli.errors import InputError
 
 APT_PACKAGE = "dataset-fashion-mnist"
@@ -57,6 +57,15 @@ class Cell:
 @dataclass(frozen=True)
 class MosaicExample(Example):
     cells: tuple[Cell | None, ...] = ()  # by POSITIONS; None: an empty cell. Kept so answers can be checked.
+    regions: np.ndarray | None = field(default=None, compare=False, repr=False)  # (SIZE, SIZE): cell index + 1 on ink
+
+    def patch_words(self, grid: int) -> list[tuple[str, ...]] | None:
+        """Per patch (row-major), the item's name and its cell's position words, or ("background",)."""
+        if self.regions is None:
+            return None
+        words = [("background",)] + [(CLASSES[c.label].name, *POSITIONS[p].split()) if c else ("background",)
+                                     for p, c in enumerate(self.cells)]
+        return [words[k] for k in patch_regions(self.regions, grid)]
 
     def _draw_question(self, rng: np.random.Generator) -> tuple[str, str, str]:
         """A question of a random type about a random item of this mosaic (`where` only of an item seen once)."""
@@ -190,10 +199,16 @@ def _layout(rng: np.random.Generator, split: str, kind: str) -> tuple[tuple[Cell
     return tuple(cells), positions[0]
 
 
-def _draw(rng: np.random.Generator, cells: tuple[Cell | None, ...], images: np.ndarray) -> Image.Image:
-    """Light background, each item scaled to 120-150 px at a random spot in its cell, inked in a dark colour."""
+INK_REGION = 0.25  # item alpha from which a pixel counts as the item's in the region map
+
+
+def _draw(rng: np.random.Generator, cells: tuple[Cell | None, ...], images: np.ndarray
+          ) -> tuple[Image.Image, np.ndarray]:
+    """Light background, each item scaled to 120-150 px at a random spot in its cell, inked in a dark colour;
+    also the region map (cell index + 1 where the item's ink is, 0 elsewhere)."""
     background = rng.integers(215, 256, 3).astype(np.float32)
     canvas = np.broadcast_to(background, (SIZE, SIZE, 3)).copy()
+    regions = np.zeros((SIZE, SIZE), np.uint8)
     for pos, cell in enumerate(cells):
         if cell is None:
             continue
@@ -205,7 +220,8 @@ def _draw(rng: np.random.Generator, cells: tuple[Cell | None, ...], images: np.n
         top, left = (pos // 2) * CELL + y0, (pos % 2) * CELL + x0
         region = canvas[top:top + side, left:left + side]
         region[:] = region * (1.0 - alpha) + ink * alpha
-    return Image.fromarray(np.rint(canvas).astype(np.uint8))
+        regions[top:top + side, left:left + side][alpha[..., 0] >= INK_REGION] = pos + 1
+    return Image.fromarray(np.rint(canvas).astype(np.uint8)), regions
 
 
 def _ask(kind: str, cells: tuple[Cell | None, ...], target: int) -> tuple[str, str]:
@@ -227,6 +243,6 @@ def make_example(split: str, index: int, kind: str | None = None) -> MosaicExamp
     rng = np.random.default_rng([SPLITS[split] + SEED_STREAM, index])
     kind = kind or QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
     cells, target = _layout(rng, split, kind)
-    image = _draw(rng, cells, _part(PART[split])[0])
+    image, regions = _draw(rng, cells, _part(PART[split])[0])
     question, answer = _ask(kind, cells, target)
-    return MosaicExample(image, question, answer, kind, cells)
+    return MosaicExample(image, question, answer, kind, cells, regions)

@@ -46,6 +46,10 @@ class Example:
     answer: str
     kind: str
 
+    def patch_words(self, grid: int) -> list[tuple[str, ...]] | None:
+        """Per patch of a grid x grid tiling, the words that describe what covers it; None where unknown."""
+        return None
+
     def more_questions(self, rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
         """Up to n further (question, answer, kind) about the same image, none asked twice (nor the example's own);
         none unless the source knows the image's content (`_draw_question`)."""
@@ -68,6 +72,16 @@ class SceneExample(Example):
     items: tuple[Item, ...] = ()
     word: str | None = None
 
+    def patch_words(self, grid: int) -> list[tuple[str, ...]]:
+        """Per patch of a grid x grid tiling (row-major), the words that describe what covers it: colour, shape and
+        quadrant of a shape, the written word, or ("background",)."""
+        regions = Image.new("L", (SIZE, SIZE), 0)
+        _paint(ImageDraw.Draw(regions), list(self.items), self.word, list(range(1, len(self.items) + 1)),
+               len(self.items) + 1)
+        words = [("background",)] + [(it.colour, it.shape, *_quadrant(it).split()) for it in self.items]
+        words.append((self.word or "background",))
+        return [words[k] for k in patch_regions(np.asarray(regions), grid)]
+
     def _draw_question(self, rng: np.random.Generator) -> tuple[str, str, str]:
         """A question of a random type that this scene can answer (relations need two shapes, text a word)."""
         kinds = [k for k in QUESTION_TYPES if (k != "relation" or len(self.items) > 1) and (k != "text" or self.word)]
@@ -86,12 +100,10 @@ def _place(rng: np.random.Generator, n: int) -> list[tuple[int, int, int]]:
     return spots
 
 
-def _draw(items: list[Item], background: tuple[int, int, int], word: str | None) -> Image.Image:
-    im = Image.new("RGB", (SIZE, SIZE), background)
-    d = ImageDraw.Draw(im)
-    for it in items:
+def _paint(d: ImageDraw.ImageDraw, items: list[Item], word: str | None, fills: list, word_fill) -> None:
+    """Draw the items (item i in fills[i]) and the word (in word_fill): the picture and its region map share this."""
+    for it, fill in zip(items, fills):
         box = (it.x - it.r, it.y - it.r, it.x + it.r, it.y + it.r)
-        fill = COLOURS[it.colour]
         if it.shape == "circle":
             d.ellipse(box, fill=fill)
         elif it.shape == "square":
@@ -99,8 +111,25 @@ def _draw(items: list[Item], background: tuple[int, int, int], word: str | None)
         else:
             d.polygon([(it.x, it.y - it.r), (it.x - it.r, it.y + it.r), (it.x + it.r, it.y + it.r)], fill=fill)
     if word:
-        d.text((SIZE // 2, SIZE - 30), word.upper(), fill=(0, 0, 0), anchor="mm", font=ImageFont.load_default(36))
+        d.text((SIZE // 2, SIZE - 30), word.upper(), fill=word_fill, anchor="mm", font=ImageFont.load_default(36))
+
+
+def _draw(items: list[Item], background: tuple[int, int, int], word: str | None) -> Image.Image:
+    im = Image.new("RGB", (SIZE, SIZE), background)
+    _paint(ImageDraw.Draw(im), items, word, [COLOURS[it.colour] for it in items], (0, 0, 0))
     return im
+
+
+def patch_regions(regions: np.ndarray, grid: int, min_cover: float = 0.2) -> np.ndarray:
+    """(grid * grid,) region id per patch, row-major: the id covering most of the patch when it covers at least
+    `min_cover` of it, else 0 (background). `regions` is a (SIZE, SIZE) map of region ids, 0 = background."""
+    side = regions.shape[0] // grid
+    blocks = regions[: side * grid, : side * grid].reshape(grid, side, grid, side).transpose(0, 2, 1, 3)
+    blocks = blocks.reshape(grid * grid, side * side)
+    counts = np.stack([(blocks == k).sum(1) for k in range(int(regions.max()) + 1)], axis=1)  # (P, ids)
+    counts[:, 0] = 0
+    best = counts.argmax(1)
+    return np.where(counts[np.arange(len(best)), best] >= min_cover * side * side, best, 0)
 
 
 def _quadrant(it: Item) -> str:
