@@ -14,8 +14,9 @@ language model frozen, on the first question of each record.
 The artifacts are written into atp_cli/assets_default/ (projector.safetensors, lora.safetensors,
 atp.safetensors). --stages picks the stages to run; a later stage starts from the committed artifacts.
 On 2 CPU cores stage 1 takes about 0.3 s per image (the tower) plus 0.1 s per step; with bfloat16 autocast an
-optimiser step of 4 images x 8 questions takes about 15 s in stage 2 and a step of 4 questions about 15 s in stage 3. Learning rates are constant, so a longer run's snapshot at step
-N (saved every 25 steps in --work) equals a run of N steps. A GPU is used when present.
+optimiser step of 4 images x 8 questions takes about 15 s in stage 2 and a step of 4 questions about 15 s in
+stage 3. Learning rates are constant after a 10-step warm-up, so a longer run's snapshot at step N (saved every 25
+steps in --work) equals a run of N steps. A GPU is used when present.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def log(entry: StepLog, t0=time.perf_counter()) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/atp-default"))
-    ap.add_argument("--stages", default="1,2,3", help="comma-separated stages to run (1 alignment, 2 questions + LoRA, 3 ATP)")
+    ap.add_argument("--stages", default="1,2,3",
+                    help="comma-separated stages to run (1 alignment, 2 questions + LoRA, 3 ATP)")
     ap.add_argument("--train-images", type=int, default=2400)
     ap.add_argument("--val-images", type=int, default=40)
     ap.add_argument("--turns", type=int, default=8, help="questions per image")
@@ -74,10 +76,11 @@ def main() -> None:
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed)
     if 1 in stages:
         base = assemble_checkpoint(args.work / "base", seed=args.seed)
-        train = [make_mixed_example("train", i) for i in range(args.align_images)]
+        shown = [make_mixed_example("train", i) for i in range(args.align_images)]
         held_out = [make_mixed_example("val", i) for i in range(args.val_images)]
-        stage1 = align_projector(base, train, args.work / "align", AlignConfig(steps=args.align_steps, seed=args.seed),
-                                 held_out, on_step=lambda e: log(e) if e.step % 100 == 0 or e.validation else None)
+        every_100 = lambda e: log(e) if e.step % 100 == 0 or e.validation else None  # noqa: E731
+        stage1 = align_projector(base, shown, args.work / "align",
+                                 AlignConfig(steps=args.align_steps, seed=args.seed), held_out, on_step=every_100)
         shutil.copyfile(stage1 / "projector.safetensors", PROJECTOR)
     if 2 in stages:
         start = assemble_checkpoint(args.work / "stage2-start", load_file(str(PROJECTOR)), seed=args.seed)

@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from PIL import Image  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from atp_cli.image_input import load_image, pixel_values  # noqa: E402
 from atp_cli.train.data import encode_packed, encode_sample, load_samples  # noqa: E402
 from atp_cli.train.model_io import image_setup, load_model  # noqa: E402
 from atp_cli.train.projector import FeatureCache, ProjectorConfig, packed_loss, train_projector  # noqa: E402
-from tests.tiny_llava import build_tiny_llava  # noqa: E402
-
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+from tests.tiny_llava import build_tiny_llava, write_colour_records  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("projector")
     ckpt = build_tiny_llava(root / "ckpt", "clip", text_layers=3)
-    rng = np.random.default_rng(0)
-    records = []
-    for i, (name, rgb) in enumerate(COLOURS.items()):
-        img = np.full((16, 16, 3), rgb, np.uint8) + rng.integers(0, 20, (16, 16, 3), dtype=np.uint8)
-        Image.fromarray(img).save(root / f"{i}.png")
-        records.append({"image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nwhat colour is the picture"}, {"from": "gpt", "value": name},
-            {"from": "human", "value": "is the picture red"}, {"from": "gpt", "value": "yes" if i == 0 else "no"},
-            {"from": "human", "value": "what colour is it"}, {"from": "gpt", "value": f"{name} colour"}]})
-    data = root / "data.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in records))
+    data = write_colour_records(root, more_turns=True)
     return ckpt, data
 
 

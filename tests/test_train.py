@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from PIL import Image  # noqa: E402
 
 from atp_cli.driver import ModuleInput  # noqa: E402
 from atp_cli.errors import InputError  # noqa: E402
@@ -19,22 +16,14 @@ from atp_cli.pruning.config import AtpConfig  # noqa: E402
 from atp_cli.pruning.store import load_safetensors  # noqa: E402
 from atp_cli.train import scoring  # noqa: E402
 from atp_cli.train.trainer import TrainConfig, train  # noqa: E402
-from tests.tiny_llava import build_tiny_llava  # noqa: E402
+from tests.tiny_llava import build_tiny_llava, write_colour_records  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     ckpt = build_tiny_llava(root / "clip", "clip", text_layers=4)
-    rng = np.random.default_rng(0)
-    records = []
-    for i, (name, rgb) in enumerate([("red", (220, 30, 30)), ("blue", (30, 30, 220)), ("green", (30, 200, 30))]):
-        img = np.full((16, 16, 3), rgb, np.uint8) + rng.integers(0, 20, (16, 16, 3), dtype=np.uint8)
-        Image.fromarray(img).save(root / f"{i}.png")
-        records.append({"image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nwhat colour is the picture"}, {"from": "gpt", "value": name}]})
-    data = root / "data.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in records))
+    data = write_colour_records(root)
     return ckpt, data
 
 

@@ -107,3 +107,26 @@ def build_tiny_llava(folder: Path, tower: str = "clip", grid: int = 4, patch: in
     (folder / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": [0.5, 0.4, 0.3], "image_std": [0.25, 0.2, 0.3], "crop_size": {"height": size, "width": size}}))
     return folder
+
+
+COLOUR_IMAGES = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+def write_colour_records(root: Path, more_turns: bool = False) -> Path:
+    """Three 16 x 16 single-colour pictures (with noise) and LLaVA records asking their colour; with
+    `more_turns` each record asks two more questions about its picture. Returns the JSONL path."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i, (name, rgb) in enumerate(COLOUR_IMAGES.items()):
+        img = np.full((16, 16, 3), rgb, np.uint8) + rng.integers(0, 20, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / f"{i}.png")
+        turns = [("<image>\nwhat colour is the picture", name)]
+        if more_turns:
+            turns += [("is the picture red", "yes" if name == "red" else "no"), ("what colour is it", f"{name} colour")]
+        records.append({"image": f"{i}.png", "conversations": [
+            {"from": who, "value": text} for q, a in turns for who, text in (("human", q), ("gpt", a))]})
+    data = root / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    return data

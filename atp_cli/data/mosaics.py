@@ -57,7 +57,8 @@ class Cell:
 @dataclass(frozen=True)
 class MosaicExample(Example):
     cells: tuple[Cell | None, ...] = ()  # by POSITIONS; None: an empty cell. Kept so answers can be checked.
-    regions: np.ndarray | None = field(default=None, compare=False, repr=False)  # (SIZE, SIZE): cell index + 1 on ink
+    # (SIZE, SIZE): cell index + 1 where the cell's item is inked, 0 elsewhere
+    regions: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def patch_words(self, grid: int) -> list[tuple[str, ...]] | None:
         """Per patch (row-major), the item's name and its cell's position words, or ("background",)."""

@@ -48,7 +48,8 @@ def tower_features(model, pixels: torch.Tensor) -> torch.Tensor:
     return h[:, 1:] if cfg.vision_feature_select_strategy == "default" else h
 
 
-def answer_logits(model, tokens: PackedTokens, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def answer_logits(model, tokens: PackedTokens, features: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits (R, V), targets (R,), rows (R,)) at the R rows of the packed sequence that predict an answer token.
 
     `features` (n_visual, d_vision) are the tower's; the projector runs here so that it gets gradients."""
