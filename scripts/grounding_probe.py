@@ -107,7 +107,8 @@ def main() -> None:
     ap.add_argument("--tokens", choices=["projector", "oracle-word", "oracle-mean"], required=True)
     ap.add_argument("--base", type=Path, default=Path("/tmp/atp-default/base"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/atp-probe"))
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (and the projector's by default)")
+    ap.add_argument("--projector-lr", type=float, help="projector learning rate in --tokens projector (0: frozen)")
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
     (args.work / "img").mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,8 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     train_projector(args.base, train_path, args.work / "out",
-                    ProjectorConfig(steps=args.steps, accumulate=4, lr=args.lr, llm_lr=args.lr, lora_rank=16, bf16=True,
+                    ProjectorConfig(steps=args.steps, accumulate=4, llm_lr=args.lr, lora_rank=16, bf16=True,
+                                    lr=args.lr if args.projector_lr is None else args.projector_lr,
                                     validate_every=20, save_every=10_000),
                     on_step=lambda e: print(e.step, round(e.loss, 3), round(time.perf_counter() - t0),
                                             e.validation or "", flush=True),
