@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_cli.data.mix import SOURCES, make_mixed_example, write_mixed_split  # noqa: E402
-from atp_cli.default_model import ATP_WEIGHTS, LORA, PROJECTOR, assemble_checkpoint  # noqa: E402
+from atp_cli.default_model import ARTIFACTS, ATP_WEIGHTS, LORA, PROJECTOR, assemble_checkpoint  # noqa: E402
 from atp_cli.train.align import AlignConfig, align_projector  # noqa: E402
 from atp_cli.train.projector import ProjectorConfig, train_projector  # noqa: E402
 from atp_cli.train.trainer import StepLog, TrainConfig, train  # noqa: E402
@@ -72,7 +72,13 @@ def main() -> None:
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--artifacts", type=Path, default=ARTIFACTS,
+                    help="where the stages write (and later stages read) the artifacts; default: the committed ones")
+    ap.add_argument("--align-positions", action=argparse.BooleanOptionalAction, default=True,
+                    help="stage 1 targets include the quadrant words")
     args = ap.parse_args()
+    projector, lora, atp = (args.artifacts / p.name for p in (PROJECTOR, LORA, ATP_WEIGHTS))
+    args.artifacts.mkdir(parents=True, exist_ok=True)
     stages = {int(s) for s in args.stages.split(",") if s.strip()}
     sources = tuple(SOURCES)
     data = write_mixed_split(args.work / "data", "train", args.train_images, sources, turns=args.turns)
@@ -83,22 +89,22 @@ def main() -> None:
         shown = [make_mixed_example("train", i) for i in range(args.align_images)]
         held_out = [make_mixed_example("val", i) for i in range(args.val_images)]
         every_100 = lambda e: log(e) if e.step % 100 == 0 or e.validation else None  # noqa: E731
-        stage1 = align_projector(base, shown, args.work / "align",
-                                 AlignConfig(steps=args.align_steps, seed=args.seed), held_out, on_step=every_100)
-        shutil.copyfile(stage1 / "projector.safetensors", PROJECTOR)
+        aligning = AlignConfig(steps=args.align_steps, seed=args.seed, positions=args.align_positions)
+        stage1 = align_projector(base, shown, args.work / "align", aligning, held_out, on_step=every_100)
+        shutil.copyfile(stage1 / "projector.safetensors", projector)
     if 2 in stages:
-        start = assemble_checkpoint(args.work / "stage2-start", load_file(str(PROJECTOR)), seed=args.seed)
+        start = assemble_checkpoint(args.work / "stage2-start", load_file(str(projector)), seed=args.seed)
         cfg = ProjectorConfig(**{**vars(packed), "steps": args.lora_steps, "seed": args.seed + 1,
                                  "lora_rank": args.lora_rank})
         stage2 = train_projector(start, data, args.work / "lora", cfg, on_step=log, validation=val)
-        shutil.copyfile(stage2 / "projector.safetensors", PROJECTOR)
-        shutil.copyfile(stage2 / "lora.safetensors", LORA)
+        shutil.copyfile(stage2 / "projector.safetensors", projector)
+        shutil.copyfile(stage2 / "lora.safetensors", lora)
     if 3 in stages:
-        tuned = assemble_checkpoint(args.work / "tuned", load_file(str(PROJECTOR)), seed=args.seed,
-                                    lora_path=LORA if LORA.is_file() else None)
-        train(tuned, data, ATP_WEIGHTS, TrainConfig(budget=args.budget, steps=args.atp_steps, lr=args.atp_lr,
-                                                        seed=args.seed), on_step=log)
-    print(f"wrote {PROJECTOR}, {LORA} and {ATP_WEIGHTS}")
+        tuned = assemble_checkpoint(args.work / "tuned", load_file(str(projector)), seed=args.seed,
+                                    lora_path=lora if lora.is_file() else None)
+        train(tuned, data, atp, TrainConfig(budget=args.budget, steps=args.atp_steps, lr=args.atp_lr,
+                                            seed=args.seed), on_step=log)
+    print(f"wrote {projector}, {lora} and {atp}")
 
 
 if __name__ == "__main__":

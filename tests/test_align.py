@@ -11,7 +11,7 @@ from safetensors.numpy import load_file  # noqa: E402
 
 from atp_cli.data.scenes import Example, make_example  # noqa: E402
 from atp_cli.errors import InputError  # noqa: E402
-from atp_cli.train.align import AlignConfig, WordTargets, align_projector  # noqa: E402
+from atp_cli.train.align import AlignConfig, WordTargets, align_projector, target_words  # noqa: E402
 from atp_cli.train.model_io import load_model  # noqa: E402
 from tests.tiny_llava import build_tiny_llava  # noqa: E402
 
@@ -47,3 +47,11 @@ def test_examples_without_patch_knowledge_are_refused(checkpoint, tmp_path):
     plain = Example(make_example("train", 0).image, "q", "a", "colour")
     with pytest.raises(InputError, match="patches"):
         align_projector(checkpoint, [plain], tmp_path, AlignConfig(steps=1))
+
+
+def test_targets_can_leave_position_to_the_sequence():
+    ex = make_example("train", 5)
+    full, bare = target_words(ex, 24), target_words(ex, 24, positions=False)
+    it = ex.items[0]
+    centre = min(it.y // 14, 23) * 24 + min(it.x // 14, 23)
+    assert full[centre][:2] == bare[centre] == (it.colour, it.shape) and len(full[centre]) == 4

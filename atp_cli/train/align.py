@@ -33,7 +33,11 @@ class AlignConfig:
     batch: int = 8  # images per step
     lr: float = 1e-3
     background_weight: float = 0.2  # most patches are background: they count less
+    positions: bool = True  # targets include the quadrant words ("top", "left", ...) where the source gives them
     seed: int = 0
+
+
+POSITION_WORDS = frozenset({"top", "bottom", "left", "right"})
 
 
 class WordTargets:
@@ -62,14 +66,20 @@ class _Patches:
     weights: torch.Tensor  # (N, P)
 
 
-def _patches(model, examples: Sequence[Example], targets: WordTargets, size: int, mean, std) -> _Patches:
-    vc = model.config.vision_config
-    grid = size // vc.patch_size
+def target_words(example: Example, grid: int, positions: bool = True) -> list[tuple[str, ...]]:
+    """The words each patch's token is aligned to (without the quadrant words unless `positions`)."""
+    words = example.patch_words(grid)
+    if words is None:
+        raise InputError(f"{type(example).__name__} does not know what covers its patches")
+    return words if positions else [tuple(w for w in ws if w not in POSITION_WORDS) for ws in words]
+
+
+def _patches(model, examples: Sequence[Example], targets: WordTargets, size: int, mean, std,
+             positions: bool = True) -> _Patches:
+    grid = size // model.config.vision_config.patch_size
     feats, goals, weights = [], [], []
     for ex in examples:
-        words = ex.patch_words(grid)
-        if words is None:
-            raise InputError(f"{type(ex).__name__} does not know what covers its patches")
+        words = target_words(ex, grid, positions)
         px = torch.from_numpy(pixel_values(ex.image, size, mean, std))[None]
         feats.append(tower_features(model, px)[0].to(torch.float16))
         goals.append(targets(words))
@@ -98,8 +108,8 @@ def align_projector(checkpoint: str | Path, train: Sequence[Example], out: str |
     model, tokenizer, _ = load_model(checkpoint, cfg.seed)
     size, _, mean, std = image_setup(model, checkpoint)
     targets = WordTargets(tokenizer, model.model.language_model.embed_tokens.weight)
-    data = _patches(model, train, targets, size, mean, std)
-    check = _patches(model, held_out, targets, size, mean, std) if held_out else None
+    data = _patches(model, train, targets, size, mean, std, cfg.positions)
+    check = _patches(model, held_out, targets, size, mean, std, cfg.positions) if held_out else None
     projector = model.model.multi_modal_projector
     opt = torch.optim.AdamW(projector.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
