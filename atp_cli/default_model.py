@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SIZE = 336  # 24 x 24 = 576 visual tokens, as LLaVA-1.5
+FEATURE_LAYER = -2  # LLaVA's choice: the second-to-last hidden state
 IMAGE_TOKEN = "<filename>"  # a SmolLM2 special token that never occurs in chat text: marks the image span
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = None, seed: int = 0,
-                        lora_path: Path | None = None) -> Path:
+                        lora_path: Path | None = None, feature_layer: int = FEATURE_LAYER) -> Path:
     """Write the llava-hf checkpoint of the default model to `out` (projector: trained weights or a seeded init;
-    lora_path: trained adapters, merged into SmolLM2's weights)."""
+    lora_path: trained adapters, merged into SmolLM2's weights; feature_layer: the tower's hidden state the
+    projector reads, counted as LLaVA counts it)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
@@ -35,7 +37,7 @@ def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = Non
     text.pop("quantization_config", None)  # the weights are dequantized floats from here on
     config = LlavaConfig(vision_config=dinov2_config(), text_config=text,
                          image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-                         image_seq_length=(IMAGE_SIZE // 14) ** 2, vision_feature_layer=-2,
+                         image_seq_length=(IMAGE_SIZE // 14) ** 2, vision_feature_layer=feature_layer,
                          vision_feature_select_strategy="default", projector_hidden_act="gelu")
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
