@@ -37,7 +37,7 @@ from atp_cli.train import lora  # noqa: E402
 from atp_cli.train.align import WordTargets  # noqa: E402
 from atp_cli.train.data import encode_packed, load_samples  # noqa: E402
 from atp_cli.train.model_io import load_model  # noqa: E402
-from atp_cli.train.projector import ProjectorConfig, packed_loss, train_projector, turn_matches  # noqa: E402
+from atp_cli.train.projector import ProjectorConfig, packed_loss, train_projector, validate  # noqa: E402
 
 SUFFIX = " Answer with a word or two."
 
@@ -93,15 +93,7 @@ def oracle_run(base: Path, train_path: Path, val_path: Path, mean_of_two: bool, 
         opt.step()
         print(step, round(float(np.mean(losses)), 3), round(time.perf_counter() - t0), flush=True)
         if (step + 1) % 10 == 0:
-            tally: dict[str, list[int]] = {}
-            for s in val[:20]:
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    hits = turn_matches(model, encode_packed(tok, s, image_id, 576), tokens_of(s), tok.eos_token_id)
-                for k, h in zip(s.kinds, hits):
-                    tally.setdefault(k, [0, 0])
-                    tally[k][0] += int(h)
-                    tally[k][1] += 1
-            print("  val", tally, flush=True)
+            print("  val", validate(model, tok, val[:20], tokens_of, 576, bf16=True), flush=True)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ steps in --work) equals a run of N steps. A GPU is used when present.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import time
@@ -44,8 +45,8 @@ from atp_cli.train.trainer import StepLog, TrainConfig, train  # noqa: E402
 
 
 def log(entry: StepLog, t0=time.perf_counter()) -> None:
-    print(f"step {entry.step} loss {entry.loss:.3f} tokens {entry.tokens_avg:.1f} ({time.perf_counter() - t0:.0f} s)",
-          flush=True)
+    tokens = "" if math.isnan(entry.tokens_avg) else f" tokens {entry.tokens_avg:.1f}"  # stage 1 counts none
+    print(f"step {entry.step} loss {entry.loss:.4g}{tokens} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if entry.validation:
         right = sum(r for r, _ in entry.validation.values())
         asked = sum(n for _, n in entry.validation.values())

@@ -108,15 +108,17 @@ def _order(samples: list[Sample], seed: int):
         yield from epoch
 
 
-def validate(model, tokenizer, samples: list[Sample], features: FeatureCache, n_visual: int, bf16: bool = False
-             ) -> dict[str, tuple[int, int]]:
-    """Greedy answers right per question type, (right, asked), over every turn of `samples`."""
+def validate(model, tokenizer, samples: list[Sample], visual: Callable[[Sample], torch.Tensor], n_visual: int,
+             bf16: bool = False) -> dict[str, tuple[int, int]]:
+    """Greedy answers right per question type, (right, asked), over every turn of `samples`; `visual(sample)`
+    gives the rows that enter the projector (the tower's features, or any stand-in for them)."""
     image_id = model.config.image_token_index
+    device = next(model.parameters()).device
     tally: dict[str, list[int]] = {}
     for sample in samples:
         tokens = encode_packed(tokenizer, sample, image_id, n_visual)
-        with torch.autocast(features.device.type, dtype=torch.bfloat16, enabled=bf16):
-            hits = turn_matches(model, tokens, features(sample.image), tokenizer.eos_token_id)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            hits = turn_matches(model, tokens, visual(sample), tokenizer.eos_token_id)
         for k, hit in enumerate(hits):
             kind = sample.kinds[k] if k < len(sample.kinds) else "all"
             tally.setdefault(kind, [0, 0])
@@ -164,7 +166,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
         opt.step()
         schedule.step()
         last = step + 1 == cfg.steps
-        measured = (validate(model, tokenizer, held_out, features, n_visual, cfg.bf16)
+        measured = (validate(model, tokenizer, held_out, lambda x: features(x.image), n_visual, cfg.bf16)
                     if held_out and ((step + 1) % cfg.validate_every == 0 or last) else None)
         if on_step is not None:
             on_step(StepLog(step, float(np.mean(losses)), float(np.mean(losses)), 0.0, float(n_visual), measured))
