@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SIZE = 336  # 24 x 24 = 576 visual tokens, as LLaVA-1.5
-FEATURE_LAYER = -2  # LLaVA's choice: the second-to-last hidden state
+FEATURE_LAYER = -2  # LLaVA's choice: the second-to-last hidden state (a list: several, concatenated)
+FeatureLayer = int | list[int]
 IMAGE_TOKEN = "<filename>"  # a SmolLM2 special token that never occurs in chat text: marks the image span
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = None, seed: int = 0,
-                        lora_path: Path | None = None, feature_layer: int = FEATURE_LAYER) -> Path:
+                        lora_path: Path | None = None, feature_layer: FeatureLayer = FEATURE_LAYER) -> Path:
     """Write the llava-hf checkpoint of the default model to `out` (projector: trained weights or a seeded init;
     lora_path: trained adapters, merged into SmolLM2's weights; feature_layer: the tower's hidden state the
-    projector reads, counted as LLaVA counts it)."""
+    projector reads, counted as LLaVA counts it, or a list of them whose features are concatenated)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
@@ -59,6 +60,18 @@ def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = Non
     return out
 
 
+def read_projector(path: Path) -> tuple[dict[str, np.ndarray], FeatureLayer]:
+    """(weights, the tower feature layer(s) they were trained on). The layers travel in the file's metadata
+    (`train.projector.save_projector`), so that a projector is never assembled onto other features than its own;
+    a file without them reads the default layer."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata() or {}
+        weights = {k: f.get_tensor(k) for k in f.keys()}
+    return weights, json.loads(meta.get("vision_feature_layer", json.dumps(FEATURE_LAYER)))
+
+
 ARTIFACTS = Path(__file__).resolve().parent / "assets_default"
 PROJECTOR = ARTIFACTS / "projector.safetensors"
 LORA = ARTIFACTS / "lora.safetensors"
@@ -82,8 +95,6 @@ def build_default_model(out: Path = DEFAULT_DIR, force: bool = False) -> Path:
     (q8_0); without them the packaged SmolLM2 GGUF is used as it is."""
     import tempfile
 
-    from safetensors.numpy import load_file
-
     from atp_cli.assets import smollm2_gguf
     from atp_cli.errors import ModelError
     from atp_cli.pruning.store import load_safetensors
@@ -98,7 +109,8 @@ def build_default_model(out: Path = DEFAULT_DIR, force: bool = False) -> Path:
     lora = LORA if LORA.is_file() else None
     llm = ConvertOptions(outtype="q8_0") if lora else ConvertOptions(llm_gguf=smollm2_gguf())
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = assemble_checkpoint(Path(tmp) / "ckpt", load_file(str(PROJECTOR)), lora_path=lora)
+        projector, feature_layer = read_projector(PROJECTOR)
+        ckpt = assemble_checkpoint(Path(tmp) / "ckpt", projector, lora_path=lora, feature_layer=feature_layer)
         convert(ckpt, out, replace(llm, atp=weights, force=True, image_size=IMAGE_SIZE))
     stamp.write_text(artifacts_digest())
     return out

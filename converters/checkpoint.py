@@ -54,8 +54,14 @@ class LlavaCheckpoint:
         return self.vision["model_type"]
 
     @property
-    def feature_layer(self) -> int:
-        return int(self.config.get("vision_feature_layer", -2))
+    def feature_layers(self) -> tuple[int, ...]:
+        """The tower hidden states the projector reads, as non-negative indices (0 = the embeddings), ascending.
+
+        LLaVA reads one (`vision_feature_layer: -2`); a list concatenates several along the features, in the
+        order given, which llama.cpp's graph reproduces only when it is ascending (checked in `open_checkpoint`)."""
+        layer = self.config.get("vision_feature_layer", -2)
+        n = self.vision["num_hidden_layers"]
+        return tuple(i + n + 1 if i < 0 else i for i in ([layer] if isinstance(layer, int) else layer))
 
 
 def _load_json(path: Path) -> dict:
@@ -100,8 +106,9 @@ def open_checkpoint(folder: str | Path) -> LlavaCheckpoint:
     if strategy != expected:
         raise ModelError(f"vision_feature_select_strategy {strategy!r} with a {vision['model_type']} tower is not "
                          f"supported; the patch tokens alone are selected by {expected!r} for this tower")
-    if not isinstance(config.get("vision_feature_layer", -2), int):
-        raise ModelError("several vision feature layers are not supported; give one integer")
+    layer = config.get("vision_feature_layer", -2)
+    if not (isinstance(layer, int) or (isinstance(layer, list) and layer and all(isinstance(i, int) for i in layer))):
+        raise ModelError(f"vision_feature_layer must be an integer or a list of integers, got {layer!r}")
     pre = folder / "preprocessor_config.json"
     preprocessor = _load_json(pre) if pre.is_file() else {}
     ckpt = LlavaCheckpoint(folder, config, vision, text, _shards(folder), preprocessor)
@@ -114,10 +121,13 @@ def _check_dimensions(ckpt: LlavaCheckpoint) -> None:
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size"):
         if key not in v:
             raise ModelError(f"vision_config lacks {key!r}")
-    n_run = v["num_hidden_layers"] + 1 + ckpt.feature_layer if ckpt.feature_layer < 0 else ckpt.feature_layer
-    if not 1 <= n_run <= v["num_hidden_layers"]:
-        raise ModelError(f"vision_feature_layer {ckpt.feature_layer} is outside the tower's "
+    layers = ckpt.feature_layers
+    if not all(1 <= i <= v["num_hidden_layers"] for i in layers):
+        raise ModelError(f"vision_feature_layer {ckpt.config.get('vision_feature_layer')} is outside the tower's "
                          f"{v['num_hidden_layers']} layers")
+    if list(layers) != sorted(set(layers)):
+        raise ModelError(f"vision_feature_layer {ckpt.config.get('vision_feature_layer')}: several layers must be "
+                         "distinct and in ascending order (the order llama.cpp concatenates them in)")
     if v["image_size"] % v["patch_size"]:
         raise ModelError(f"image size {v['image_size']} is not a multiple of the patch size {v['patch_size']}")
     if "hidden_size" not in t:

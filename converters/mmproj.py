@@ -20,9 +20,8 @@ _CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.2613
 
 
 def n_blocks_run(ckpt: LlavaCheckpoint) -> int:
-    """Blocks LLaVA runs: hidden_states[feature_layer], with hidden_states[0] the embeddings."""
-    n = ckpt.vision["num_hidden_layers"]
-    return n + 1 + ckpt.feature_layer if ckpt.feature_layer < 0 else ckpt.feature_layer
+    """Blocks LLaVA runs: up to its deepest hidden_states[feature_layer], with hidden_states[0] the embeddings."""
+    return max(ckpt.feature_layers)
 
 
 def projector_tensors(state: dict[str, np.ndarray], n_text: int) -> dict[str, np.ndarray]:
@@ -56,8 +55,10 @@ def mmproj_tensors(ckpt: LlavaCheckpoint, image_size: int, keep_cls: bool) -> di
     for i in range(n_blocks_run(ckpt)):
         out.update(block_tensors(state, lay, i, d))
     out.update(projector_tensors(state, ckpt.text["hidden_size"]))
-    if out["mm.0.weight"].shape[1] != d:
-        raise ModelError(f"projector takes {out['mm.0.weight'].shape[1]} features, the vision tower gives {d}")
+    given = d * len(ckpt.feature_layers)
+    if out["mm.0.weight"].shape[1] != given:
+        raise ModelError(f"projector takes {out['mm.0.weight'].shape[1]} features, the vision tower gives {given} "
+                         f"({len(ckpt.feature_layers)} layer(s) of {d})")
     return out
 
 
@@ -77,7 +78,7 @@ def add_mmproj_keys(w: gguf.GGUFWriter, ckpt: LlavaCheckpoint, image_size: int, 
     w.add_uint32("clip.vision.attention.head_count", v["num_attention_heads"])
     w.add_float32("clip.vision.attention.layer_norm_epsilon", float(v.get("layer_norm_eps", 1e-5)))
     w.add_uint32("clip.vision.block_count", n_blocks_run(ckpt))
-    w.add_array("clip.vision.feature_layer", [n_blocks_run(ckpt)])
+    w.add_array("clip.vision.feature_layer", list(ckpt.feature_layers))
     pre = ckpt.preprocessor
     w.add_array("clip.vision.image_mean", [float(x) for x in pre.get("image_mean", _CLIP_MEAN)])
     w.add_array("clip.vision.image_std", [float(x) for x in pre.get("image_std", _CLIP_STD)])

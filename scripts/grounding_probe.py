@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_cli.data.scenes import COLOURS, SHAPES, SIZE, Item, _draw, patch_regions  # noqa: E402
-from atp_cli.default_model import assemble_checkpoint  # noqa: E402
+from atp_cli.default_model import assemble_checkpoint, read_projector  # noqa: E402
 from atp_cli.train import lora  # noqa: E402
 from atp_cli.train.align import WordTargets  # noqa: E402
 from atp_cli.train.data import encode_packed, load_samples  # noqa: E402
@@ -101,7 +100,6 @@ def main() -> None:
     ap.add_argument("--tokens", choices=["projector", "oracle-word", "oracle-mean"], required=True)
     ap.add_argument("--base", type=Path, default=Path("/tmp/atp-default/base"))
     ap.add_argument("--projector", type=Path, help="a projector.safetensors to assemble into a fresh base instead")
-    ap.add_argument("--feature-layer", type=int, default=-2, help="with --projector: the tower hidden state it reads")
     ap.add_argument("--work", type=Path, default=Path("/tmp/atp-probe"))
     ap.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (and the projector's by default)")
     ap.add_argument("--projector-lr", type=float, help="projector learning rate in --tokens projector (0: frozen)")
@@ -110,8 +108,8 @@ def main() -> None:
     (args.work / "img").mkdir(parents=True, exist_ok=True)
     train_path, val_path = write(args.work, "train", 600, 0), write(args.work, "val", 30, 1)
     if args.projector is not None:
-        args.base = assemble_checkpoint(args.work / "base", load_file(str(args.projector)),
-                                        feature_layer=args.feature_layer)
+        weights, layers = read_projector(args.projector)  # the file names the tower layers it reads
+        args.base = assemble_checkpoint(args.work / "base", weights, feature_layer=layers)
     if args.tokens != "projector":
         oracle_run(args.base, train_path, val_path, args.tokens == "oracle-mean", args.lr, args.steps)
         return

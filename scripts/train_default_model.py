@@ -32,13 +32,12 @@ import sys
 import time
 from pathlib import Path
 
-from safetensors.numpy import load_file
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_cli.data.mix import SOURCES, make_mixed_example, write_mixed_split  # noqa: E402
-from atp_cli.default_model import ARTIFACTS, ATP_WEIGHTS, LORA, PROJECTOR, assemble_checkpoint  # noqa: E402
+from atp_cli.default_model import (  # noqa: E402
+    ARTIFACTS, ATP_WEIGHTS, LORA, PROJECTOR, assemble_checkpoint, read_projector)
 from atp_cli.train.align import AlignConfig, align_projector  # noqa: E402
 from atp_cli.train.projector import ProjectorConfig, train_projector  # noqa: E402
 from atp_cli.train.trainer import StepLog, TrainConfig, train  # noqa: E402
@@ -77,7 +76,9 @@ def main() -> None:
                     help="where the stages write (and later stages read) the artifacts; default: the committed ones")
     ap.add_argument("--align-positions", action=argparse.BooleanOptionalAction, default=True,
                     help="stage 1 targets include the quadrant words")
-    ap.add_argument("--feature-layer", type=int, default=-2, help="the tower hidden state the projector reads")
+    ap.add_argument("--feature-layer", type=int, nargs="+", default=[-2],
+                    help="stage 1: the tower hidden state(s) the projector reads (several: concatenated, ascending); "
+                         "later stages read them from the projector file")
     args = ap.parse_args()
     projector, lora, atp = (args.artifacts / p.name for p in (PROJECTOR, LORA, ATP_WEIGHTS))
     args.artifacts.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,8 @@ def main() -> None:
     val = write_mixed_split(args.work / "val", "val", args.val_images, sources, turns=args.turns)
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed)
     if 1 in stages:
-        base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=args.feature_layer)
+        layers = args.feature_layer[0] if len(args.feature_layer) == 1 else args.feature_layer
+        base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=layers)
         shown = [make_mixed_example("train", i) for i in range(args.align_images)]
         held_out = [make_mixed_example("val", i) for i in range(args.val_images)]
         every_100 = lambda e: log(e) if e.step % 100 == 0 or e.validation else None  # noqa: E731
@@ -95,16 +97,17 @@ def main() -> None:
         stage1 = align_projector(base, shown, args.work / "align", aligning, held_out, on_step=every_100)
         shutil.copyfile(stage1 / "projector.safetensors", projector)
     if 2 in stages:
-        start = assemble_checkpoint(args.work / "stage2-start", load_file(str(projector)), seed=args.seed,
-                                    feature_layer=args.feature_layer)
+        weights, layers = read_projector(projector)
+        start = assemble_checkpoint(args.work / "stage2-start", weights, seed=args.seed, feature_layer=layers)
         cfg = ProjectorConfig(**{**vars(packed), "steps": args.lora_steps, "seed": args.seed + 1,
                                  "lora_rank": args.lora_rank})
         stage2 = train_projector(start, data, args.work / "lora", cfg, on_step=log, validation=val)
         shutil.copyfile(stage2 / "projector.safetensors", projector)
         shutil.copyfile(stage2 / "lora.safetensors", lora)
     if 3 in stages:
-        tuned = assemble_checkpoint(args.work / "tuned", load_file(str(projector)), seed=args.seed,
-                                    lora_path=lora if lora.is_file() else None, feature_layer=args.feature_layer)
+        weights, layers = read_projector(projector)
+        tuned = assemble_checkpoint(args.work / "tuned", weights, seed=args.seed,
+                                    lora_path=lora if lora.is_file() else None, feature_layer=layers)
         train(tuned, data, atp, TrainConfig(budget=args.budget, steps=args.atp_steps, lr=args.atp_lr,
                                             seed=args.seed), on_step=log)
     print(f"wrote {projector}, {lora} and {atp}")

@@ -55,3 +55,18 @@ def test_targets_can_leave_position_to_the_sequence():
     it = ex.items[0]
     centre = min(it.y // 14, 23) * 24 + min(it.x // 14, 23)
     assert full[centre][:2] == bare[centre] == (it.colour, it.shape) and len(full[centre]) == 4
+
+
+def test_projector_reads_several_tower_layers_and_its_file_says_which(tmp_path):
+    from safetensors.numpy import save_file
+
+    from atp_cli.default_model import FEATURE_LAYER, read_projector
+
+    ckpt = build_tiny_llava(tmp_path / "ckpt", "clip", text_layers=2, feature_layer=[1, -2])
+    out = align_projector(ckpt, [make_example("train", i) for i in range(4)], tmp_path / "out",
+                          AlignConfig(steps=2, batch=2))
+    weights, layers = read_projector(out / "projector.safetensors")
+    assert layers == [1, -2]  # assembling it onto other features would be refused or wrong
+    assert weights["linear_1.weight"].shape[1] == 2 * 32  # two hidden states of the tiny tower, concatenated
+    save_file(weights, str(tmp_path / "bare.safetensors"))  # a file from before the metadata: the default layer
+    assert read_projector(tmp_path / "bare.safetensors")[1] == FEATURE_LAYER

@@ -148,6 +148,12 @@ def test_missing_corrupt_and_mismatched_checkpoints(ckpt, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="supported: .*clip_vision_model"):
         convert(bad, tmp_path / "o4", ConvertOptions())
+    cfg = json.loads((ckpt / "config.json").read_text())
+    for layers, message in (([2, 1], "ascending"), ([1, 9], "outside"), ("last", "integer or a list")):
+        cfg["vision_feature_layer"] = layers  # llama.cpp concatenates several layers in ascending order only
+        (bad / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ModelError, match=message):
+            convert(bad, tmp_path / "o6", ConvertOptions())
     with pytest.raises(InputError, match="not found"):
         convert(tmp_path / "nowhere", tmp_path / "o5", ConvertOptions())
     assert not any(p.name.startswith("o") for p in tmp_path.iterdir())

@@ -25,7 +25,10 @@ SIZE = GRID * PATCH
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("llava")
-    return {t: build_tiny_llava(root / t, t, GRID, PATCH) for t in ("clip", "dinov2", "siglip")}
+    built = {t: build_tiny_llava(root / t, t, GRID, PATCH) for t in ("clip", "dinov2", "siglip")}
+    # the projector reads two hidden states concatenated (an early one keeps colour, a late one shape)
+    built["dinov2-layers"] = build_tiny_llava(root / "dinov2-layers", "dinov2", GRID, PATCH, feature_layer=[1, -2])
+    return built
 
 
 def converted(checkpoints, tmp_path_factory, tower: str, outtype: str, mmproj_f16: bool):
@@ -56,7 +59,8 @@ def hf_image_features(folder, image) -> np.ndarray:
     return out.reshape(GRID * GRID, -1).numpy()
 
 
-@pytest.mark.parametrize("tower,f16", [("clip", False), ("clip", True), ("dinov2", True), ("siglip", True)])
+@pytest.mark.parametrize("tower,f16", [("clip", False), ("clip", True), ("dinov2", True), ("siglip", True),
+                                       ("dinov2-layers", False)])
 def test_mmproj_embeddings_match_transformers(checkpoints, tmp_path_factory, tower, f16):
     model_path, mmproj_path = converted(checkpoints, tmp_path_factory, tower, "f32", f16)
     image = sample_image()

@@ -10,6 +10,7 @@ pytest.importorskip("transformers")
 
 from safetensors.numpy import load_file  # noqa: E402
 
+from atp_cli.errors import InputError  # noqa: E402
 from atp_cli.image_input import load_image, pixel_values  # noqa: E402
 from atp_cli.train.data import encode_packed, encode_sample, load_samples  # noqa: E402
 from atp_cli.train.model_io import image_setup, load_model  # noqa: E402
@@ -70,6 +71,19 @@ def test_projector_and_lora_learn_and_are_saved(setup, tmp_path):
     projector = load_file(str(out / "projector.safetensors"))
     assert {"linear_1.weight", "linear_2.weight"} <= set(projector)
     assert any(k.endswith("lora_A.weight") for k in load_file(str(out / "lora.safetensors")))
+
+
+def test_a_zero_projector_rate_keeps_it_frozen_while_lora_learns(setup, tmp_path):
+    ckpt, data = setup
+    model, _, _ = load_model(ckpt, 0)
+    start = {k: v.numpy() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    out = train_projector(ckpt, data, tmp_path / "out", ProjectorConfig(steps=3, accumulate=2, lr=0.0, llm_lr=1e-2,
+                                                                         lora_rank=4, warmup=1))
+    saved = load_file(str(out / "projector.safetensors"))
+    assert all(np.array_equal(saved[k], start[k]) for k in start)
+    assert any(np.abs(v).sum() > 0 for k, v in load_file(str(out / "lora.safetensors")).items() if "lora_B" in k)
+    with pytest.raises(InputError, match="nothing to train"):
+        train_projector(ckpt, data, tmp_path / "none", ProjectorConfig(steps=1, lr=0.0))
 
 
 def test_validation_counts_every_turn_by_type(setup, tmp_path):

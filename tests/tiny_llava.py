@@ -46,10 +46,11 @@ def smollm2_tokenizer(folder: Path) -> Path:
 
 
 def build_tiny_llava(folder: Path, tower: str = "clip", grid: int = 4, patch: int = 4, seed: int = 0,
-                     text_layers: int = 4, bpe_from: Path | None = None) -> Path:
+                     text_layers: int = 4, bpe_from: Path | None = None, feature_layer: int | list[int] = -2) -> Path:
     """Write a random LlavaForConditionalGeneration (+ tokenizer) to `folder`; returns the folder.
 
-    The tokenizer is a SentencePiece one trained here, or the BPE tokenizer saved in `bpe_from`."""
+    The tokenizer is a SentencePiece one trained here, or the BPE tokenizer saved in `bpe_from`; `feature_layer`
+    is the tower hidden state (or the list of them, concatenated) that the projector reads."""
     import shutil
 
     import torch
@@ -90,7 +91,7 @@ def build_tiny_llava(folder: Path, tower: str = "clip", grid: int = 4, patch: in
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id,
-                         image_seq_length=grid * grid, vision_feature_layer=-2,
+                         image_seq_length=grid * grid, vision_feature_layer=feature_layer,
                          vision_feature_select_strategy="full" if tower == "siglip" else "default",
                          projector_hidden_act="gelu")
     torch.manual_seed(seed)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atp_cli.errors import InputError
 from atp_cli.image_input import load_image, pixel_values
 from atp_cli.train import lora
 from atp_cli.train.data import PackedTokens, Sample, encode_packed, load_samples
@@ -141,13 +142,15 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     size, n_visual, mean, std = image_setup(model, checkpoint)
     for p in model.parameters():
         p.requires_grad_(False)
-    params = list(model.model.multi_modal_projector.parameters())
+    params = list(model.model.multi_modal_projector.parameters()) if cfg.lr > 0 else []  # lr 0: kept frozen
     for p in params:
         p.requires_grad_(True)
-    groups = [{"params": params, "lr": cfg.lr}]
+    groups = [{"params": params, "lr": cfg.lr}] if params else []
     lm = model.model.language_model
     if cfg.lora_rank > 0:
         groups.append({"params": lora.inject(lm, cfg.lora_rank), "lr": cfg.llm_lr})
+    if not groups:
+        raise InputError("nothing to train: the projector's learning rate is 0 and there are no LoRA adapters")
     opt = torch.optim.AdamW(groups)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(cfg.warmup, 1)))
     features = FeatureCache(model, size, mean, std)
@@ -183,11 +186,14 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
 
 
 def save_projector(model, path: Path) -> None:
-    """The projector alone (a few MB): what the default model commits."""
+    """The projector alone (a few MB): what the default model commits. The tower layer(s) it reads go into the
+    file's metadata (`default_model.read_projector`)."""
+    import json
+
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
     tmp = path.with_name(path.name + ".part")
-    save_file(state, str(tmp))
+    save_file(state, str(tmp), metadata={"vision_feature_layer": json.dumps(model.config.vision_feature_layer)})
     tmp.replace(path)
