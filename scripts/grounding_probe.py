@@ -6,7 +6,8 @@
   python scripts/grounding_probe.py --tokens oracle-mean --steps 20            # mean of colour and shape embeddings
 
 Data: 600 training and 30 validation images, each one shape (radius 30-60 px) of one of six colours on a light
-background, with four questions (its colour, 'is it <colour>?' yes and no, its shape), packed per image.
+background, with five questions (its colour, 'is it <colour>?' yes and no, its shape, its quadrant), packed per
+image.
 `projector` trains the projector and rank-16 LoRA adapters through the real tower (train.projector);
 the oracle sources replace every visual token by SmolLM2's own embedding of what covers the patch (the exact
 colour word, or the mean of the colour and shape words; 'background' elsewhere) and train only LoRA. Greedy
@@ -30,12 +31,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atp_cli.data.scenes import COLOURS, SHAPES, SIZE, Item, _draw, patch_regions  # noqa: E402
+from atp_cli.data.scenes import COLOURS, SHAPES, SIZE, Item, _draw, _quadrant, patch_regions  # noqa: E402
 from atp_cli.default_model import assemble_checkpoint, read_projector  # noqa: E402
 from atp_cli.train import lora  # noqa: E402
 from atp_cli.train.align import WordTargets  # noqa: E402
 from atp_cli.train.data import encode_packed, load_samples  # noqa: E402
-from atp_cli.train.model_io import load_model  # noqa: E402
+from atp_cli.train.model_io import bf16_is_fast, load_model  # noqa: E402
 from atp_cli.train.projector import ProjectorConfig, packed_loss, train_projector, validate  # noqa: E402
 
 SUFFIX = " Answer with a word or two."
@@ -53,12 +54,13 @@ def write(root: Path, name: str, n: int, seed: int) -> Path:
         _draw([it], background, None).save(root / rel)
         wrong = list(COLOURS)[(list(COLOURS).index(it.colour) + 1 + int(rng.integers(5))) % 6]
         asked = [("What colour is the shape?", it.colour), (f"Is the shape {it.colour}?", "yes"),
-                 (f"Is the shape {wrong}?", "no"), ("What shape is it?", it.shape)]
+                 (f"Is the shape {wrong}?", "no"), ("What shape is it?", it.shape),
+                 ("Where is the shape?", _quadrant(it))]
         conv = []
         for k, (q, a) in enumerate(asked):
             conv += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + q + SUFFIX},
                      {"from": "gpt", "value": a}]
-        lines.append(json.dumps({"image": rel, "kinds": ["colour", "yes", "no", "shape"], "conversations": conv}))
+        lines.append(json.dumps({"image": rel, "kinds": ["colour", "yes", "no", "shape", "position"], "conversations": conv}))
     path = root / f"{name}.jsonl"
     path.write_text("\n".join(lines))
     return path
@@ -81,18 +83,19 @@ def oracle_run(base: Path, train_path: Path, val_path: Path, mean_of_two: bool, 
 
     train, val = load_samples(train_path), load_samples(val_path)
     image_id, rng, t0 = model.config.image_token_index, random.Random(0), time.perf_counter()
+    bf16 = bf16_is_fast(torch.device("cpu"))
     for step in range(steps):
         opt.zero_grad()
         losses = []
         for s in rng.sample(train, 4):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 total, n = packed_loss(model, encode_packed(tok, s, image_id, 576), tokens_of(s))
             (total / n / 4).backward()
             losses.append(float(total.detach()) / n)
         opt.step()
         print(step, round(float(np.mean(losses)), 3), round(time.perf_counter() - t0), flush=True)
         if (step + 1) % 10 == 0:
-            print("  val", validate(model, tok, val[:20], tokens_of, 576, bf16=True), flush=True)
+            print("  val", validate(model, tok, val[:20], tokens_of, 576, bf16=bf16), flush=True)
 
 
 def main() -> None:

@@ -11,15 +11,18 @@ Data: --train-images generated images (scenes and Fashion-MNIST mosaics mixed), 
 --val-images images of the validation split measure greedy accuracy per question type while training.
 Stage 1 aligns the projector patch by patch: each visual token is regressed onto SmolLM2's embeddings of the words
 that describe its patch (atp_cli/train/align.py; no language-model pass, so it sees --align-images images cheaply).
-Stage 2 trains the projector together with rank-16 LoRA adapters on every linear layer of SmolLM2 on the
+The projector reads the tower's hidden states 4 and 12 concatenated (--feature-layer): DINOv2's deep states keep
+shape but lose colour, its early ones keep colour (scripts/feature_layer_probe.py; docs/TRAINING.md).
+Stage 2 trains rank-16 LoRA adapters on every linear layer of SmolLM2 (and the projector, with --lr > 0) on the
 questions, packing an image's questions into one sequence that holds the image once (atp_cli/train/projector.py).
 Stage 3 trains the ATP threshold modules toward an average of --budget visual tokens (paper metric) with the
 language model frozen, on the first question of each record.
 The artifacts are written into atp_cli/assets_default/ (projector.safetensors, lora.safetensors,
 atp.safetensors). --stages picks the stages to run; a later stage starts from the committed artifacts.
-On 2 CPU cores stage 1 takes about 0.3 s per image (the tower) plus 0.1 s per step; with bfloat16 autocast an
-optimiser step of 4 images x 8 questions takes about 15 s in stage 2 and a step of 4 questions about 15 s in
-stage 3. Learning rates are constant after a 10-step warm-up, so a longer run's snapshot at step N (saved every 25
+On 2 CPU cores stage 1 takes about 0.3-0.7 s per image (the tower) plus 0.1-0.3 s per step; on CPUs with
+AVX512-BF16 (bfloat16 autocast) an optimiser step of 4 images x 8 questions takes about 15 s in stage 2 and a
+step of 4 questions about 15 s in stage 3; in float32 on an AVX2-only CPU a step of 4 images x 5 questions took
+about 42 s. Learning rates are constant after a 10-step warm-up, so a longer run's snapshot at step N (saved every 25
 steps in --work) equals a run of N steps. A GPU is used when present.
 """
 
@@ -65,18 +68,19 @@ def main() -> None:
     ap.add_argument("--align-steps", type=int, default=1500)
     ap.add_argument("--lora-steps", type=int, default=300)
     ap.add_argument("--lora-rank", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-4, help="projector learning rate in stage 2")
-    ap.add_argument("--llm-lr", type=float, default=4e-4, help="LoRA learning rate")
+    ap.add_argument("--lr", type=float, default=0.0, help="projector learning rate in stage 2 (0: frozen)")
+    ap.add_argument("--llm-lr", type=float, default=1e-3, help="LoRA learning rate")
     ap.add_argument("--fp32", action="store_true", help="no bfloat16 autocast in stage 2")
+    ap.add_argument("--validate-every", type=int, default=50, help="stage 2 steps between validations")
     ap.add_argument("--atp-steps", type=int, default=50)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--artifacts", type=Path, default=ARTIFACTS,
                     help="where the stages write (and later stages read) the artifacts; default: the committed ones")
-    ap.add_argument("--align-positions", action=argparse.BooleanOptionalAction, default=True,
-                    help="stage 1 targets include the quadrant words")
-    ap.add_argument("--feature-layer", type=int, nargs="+", default=[-2],
+    ap.add_argument("--align-positions", action=argparse.BooleanOptionalAction, default=False,
+                    help="stage 1 targets include the quadrant words (by default position is left to the sequence)")
+    ap.add_argument("--feature-layer", type=int, nargs="+", default=[4, 12],
                     help="stage 1: the tower hidden state(s) the projector reads (several: concatenated, ascending); "
                          "later stages read them from the projector file")
     args = ap.parse_args()
@@ -86,7 +90,8 @@ def main() -> None:
     sources = tuple(SOURCES)
     data = write_mixed_split(args.work / "data", "train", args.train_images, sources, turns=args.turns)
     val = write_mixed_split(args.work / "val", "val", args.val_images, sources, turns=args.turns)
-    packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed)
+    packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
+                             validate_every=args.validate_every)
     if 1 in stages:
         layers = args.feature_layer[0] if len(args.feature_layer) == 1 else args.feature_layer
         base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=layers)

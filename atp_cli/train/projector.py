@@ -21,7 +21,7 @@ from atp_cli.errors import InputError
 from atp_cli.image_input import load_image, pixel_values
 from atp_cli.train import lora
 from atp_cli.train.data import PackedTokens, Sample, encode_packed, load_samples
-from atp_cli.train.model_io import copy_side_files, image_setup, load_model
+from atp_cli.train.model_io import bf16_is_fast, copy_side_files, image_setup, load_model
 from atp_cli.train.trainer import StepLog
 
 
@@ -34,7 +34,7 @@ class ProjectorConfig:
     save_every: int = 25  # steps between snapshots of projector.safetensors (and lora.safetensors) in `out`
     lora_rank: int = 0  # > 0: the language model learns LoRA adapters alongside the projector (stage 2)
     llm_lr: float = 2e-4
-    bf16: bool = False  # run the language model's matrix products in bfloat16 (autocast); weights stay float32
+    bf16: bool = False  # bfloat16 autocast for the language model where the hardware has it (bf16_is_fast)
     validate_every: int = 50  # steps between measurements on the validation records (when given)
     warmup: int = 10  # steps of linear learning-rate warm-up; constant after it
 
@@ -140,6 +140,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     held_out = load_samples(validation) if validation is not None else []
     model, tokenizer, device = load_model(checkpoint, cfg.seed)
     size, n_visual, mean, std = image_setup(model, checkpoint)
+    bf16 = cfg.bf16 and bf16_is_fast(device)
     for p in model.parameters():
         p.requires_grad_(False)
     params = list(model.model.multi_modal_projector.parameters()) if cfg.lr > 0 else []  # lr 0: kept frozen
@@ -162,14 +163,14 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
         for _ in range(cfg.accumulate):
             sample = next(records)
             tokens = encode_packed(tokenizer, sample, image_id, n_visual)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 total, count = packed_loss(model, tokens, features(sample.image))
             (total / count / cfg.accumulate).backward()
             losses.append(float(total.detach()) / count)
         opt.step()
         schedule.step()
         last = step + 1 == cfg.steps
-        measured = (validate(model, tokenizer, held_out, lambda x: features(x.image), n_visual, cfg.bf16)
+        measured = (validate(model, tokenizer, held_out, lambda x: features(x.image), n_visual, bf16)
                     if held_out and ((step + 1) % cfg.validate_every == 0 or last) else None)
         if on_step is not None:
             on_step(StepLog(step, float(np.mean(losses)), float(np.mean(losses)), 0.0, float(n_visual), measured))
