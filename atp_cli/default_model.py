@@ -20,12 +20,17 @@ IMAGE_TOKEN = "<filename>"  # a SmolLM2 special token that never occurs in chat 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = None, seed: int = 0,
+def assemble_checkpoint(out: Path, projector: Path | None = None, seed: int = 0,
                         lora_path: Path | None = None, feature_layer: FeatureLayer = FEATURE_LAYER) -> Path:
-    """Write the llava-hf checkpoint of the default model to `out` (projector: trained weights or a seeded init;
-    lora_path: trained adapters, merged into SmolLM2's weights; feature_layer: the tower's hidden state the
-    projector reads, counted as LLaVA counts it, or a list of them whose features are concatenated)."""
+    """Write the llava-hf checkpoint of the default model to `out` (projector: a trained projector file, whose
+    weights and tower layers are used, or None for a seeded init reading `feature_layer` - the tower's hidden state,
+    counted as LLaVA counts it, or a list of them whose features are concatenated; lora_path: trained adapters,
+    merged into SmolLM2's weights)."""
     import torch
+
+    weights = None
+    if projector is not None:
+        weights, feature_layer = read_projector(projector)  # the file's own layers, never a caller's guess
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
     from atp_cli.assets import smollm2_gguf
@@ -49,8 +54,8 @@ def assemble_checkpoint(out: Path, projector: dict[str, np.ndarray] | None = Non
         from atp_cli.train import lora
 
         lora.merge(model.model.language_model, lora_path)
-    if projector is not None:
-        model.model.multi_modal_projector.load_state_dict({k: torch.from_numpy(v) for k, v in projector.items()})
+    if weights is not None:
+        model.model.multi_modal_projector.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -109,8 +114,7 @@ def build_default_model(out: Path = DEFAULT_DIR, force: bool = False) -> Path:
     lora = LORA if LORA.is_file() else None
     llm = ConvertOptions(outtype="q8_0") if lora else ConvertOptions(llm_gguf=smollm2_gguf())
     with tempfile.TemporaryDirectory() as tmp:
-        projector, feature_layer = read_projector(PROJECTOR)
-        ckpt = assemble_checkpoint(Path(tmp) / "ckpt", projector, lora_path=lora, feature_layer=feature_layer)
+        ckpt = assemble_checkpoint(Path(tmp) / "ckpt", PROJECTOR, lora_path=lora)
         convert(ckpt, out, replace(llm, atp=weights, force=True, image_size=IMAGE_SIZE))
     stamp.write_text(artifacts_digest())
     return out

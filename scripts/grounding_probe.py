@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_cli.data.scenes import COLOURS, SHAPES, SIZE, Item, _draw, _quadrant, patch_regions  # noqa: E402
-from atp_cli.default_model import assemble_checkpoint, read_projector  # noqa: E402
+from atp_cli.default_model import assemble_checkpoint  # noqa: E402
 from atp_cli.train import lora  # noqa: E402
 from atp_cli.train.align import WordTargets  # noqa: E402
 from atp_cli.train.data import encode_packed, load_samples  # noqa: E402
@@ -111,8 +111,7 @@ def main() -> None:
     (args.work / "img").mkdir(parents=True, exist_ok=True)
     train_path, val_path = write(args.work, "train", 600, 0), write(args.work, "val", 30, 1)
     if args.projector is not None:
-        weights, layers = read_projector(args.projector)  # the file names the tower layers it reads
-        args.base = assemble_checkpoint(args.work / "base", weights, feature_layer=layers)
+        args.base = assemble_checkpoint(args.work / "base", args.projector)  # with the tower layers it reads
     if args.tokens != "projector":
         oracle_run(args.base, train_path, val_path, args.tokens == "oracle-mean", args.lr, args.steps)
         return

@@ -39,8 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_cli.data.mix import SOURCES, make_mixed_example, write_mixed_split  # noqa: E402
-from atp_cli.default_model import (  # noqa: E402
-    ARTIFACTS, ATP_WEIGHTS, LORA, PROJECTOR, assemble_checkpoint, read_projector)
+from atp_cli.default_model import ARTIFACTS, ATP_WEIGHTS, LORA, PROJECTOR, assemble_checkpoint  # noqa: E402
 from atp_cli.train.align import AlignConfig, align_projector  # noqa: E402
 from atp_cli.train.projector import ProjectorConfig, train_projector  # noqa: E402
 from atp_cli.train.trainer import StepLog, TrainConfig, train  # noqa: E402
@@ -93,8 +92,7 @@ def main() -> None:
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
                              validate_every=args.validate_every)
     if 1 in stages:
-        layers = args.feature_layer[0] if len(args.feature_layer) == 1 else args.feature_layer
-        base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=layers)
+        base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=args.feature_layer)
         shown = [make_mixed_example("train", i) for i in range(args.align_images)]
         held_out = [make_mixed_example("val", i) for i in range(args.val_images)]
         every_100 = lambda e: log(e) if e.step % 100 == 0 or e.validation else None  # noqa: E731
@@ -102,17 +100,15 @@ def main() -> None:
         stage1 = align_projector(base, shown, args.work / "align", aligning, held_out, on_step=every_100)
         shutil.copyfile(stage1 / "projector.safetensors", projector)
     if 2 in stages:
-        weights, layers = read_projector(projector)
-        start = assemble_checkpoint(args.work / "stage2-start", weights, seed=args.seed, feature_layer=layers)
+        start = assemble_checkpoint(args.work / "stage2-start", projector, seed=args.seed)
         cfg = ProjectorConfig(**{**vars(packed), "steps": args.lora_steps, "seed": args.seed + 1,
                                  "lora_rank": args.lora_rank})
         stage2 = train_projector(start, data, args.work / "lora", cfg, on_step=log, validation=val)
         shutil.copyfile(stage2 / "projector.safetensors", projector)
         shutil.copyfile(stage2 / "lora.safetensors", lora)
     if 3 in stages:
-        weights, layers = read_projector(projector)
-        tuned = assemble_checkpoint(args.work / "tuned", weights, seed=args.seed,
-                                    lora_path=lora if lora.is_file() else None, feature_layer=layers)
+        tuned = assemble_checkpoint(args.work / "tuned", projector, seed=args.seed,
+                                    lora_path=lora if lora.is_file() else None)
         train(tuned, data, atp, TrainConfig(budget=args.budget, steps=args.atp_steps, lr=args.atp_lr,
                                             seed=args.seed), on_step=log)
     print(f"wrote {projector}, {lora} and {atp}")
