@@ -29,6 +29,8 @@ steps in --work) equals a run of N steps. A GPU is used when present.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import shutil
 import sys
@@ -55,6 +57,20 @@ def log(entry: StepLog, t0=time.perf_counter()) -> None:
         print(f"  validation {right}/{asked} = {right / asked:.1%}: {kinds}", flush=True)
 
 
+def split_once(out: Path, split: str, n: int, sources: tuple[str, ...], turns: int) -> Path:
+    """The split's JSONL, rendered only when `out` does not already hold it from the same parameters and the same
+    generator code (a key over both is kept next to it), so later stages skip the ~5 min of rendering."""
+    code = b"".join(f.read_bytes() for f in sorted((ROOT / "atp_cli" / "data").glob("*.py")))
+    key = hashlib.sha256(json.dumps([split, n, sources, turns]).encode() + code).hexdigest()
+    jsonl, stamp = out / f"{split}.jsonl", out / f"{split}.key"
+    if jsonl.is_file() and stamp.is_file() and stamp.read_text() == key:
+        return jsonl
+    stamp.unlink(missing_ok=True)
+    written = write_mixed_split(out, split, n, sources, turns=turns)
+    stamp.write_text(key)
+    return written
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/atp-default"))
@@ -70,6 +86,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.0, help="projector learning rate in stage 2 (0: frozen)")
     ap.add_argument("--llm-lr", type=float, default=1e-3, help="LoRA learning rate")
     ap.add_argument("--fp32", action="store_true", help="no bfloat16 autocast in stage 2")
+    ap.add_argument("--resume", action="store_true",
+                    help="stage 2 continues from the snapshot in WORK/lora up to --lora-steps in all")
+    ap.add_argument("--resumed-steps", type=int,
+                    help="the steps behind that snapshot, if it predates trainer_state.pt")
     ap.add_argument("--validate-every", type=int, default=50, help="stage 2 steps between validations")
     ap.add_argument("--atp-steps", type=int, default=50)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
@@ -87,10 +107,11 @@ def main() -> None:
     args.artifacts.mkdir(parents=True, exist_ok=True)
     stages = {int(s) for s in args.stages.split(",") if s.strip()}
     sources = tuple(SOURCES)
-    data = write_mixed_split(args.work / "data", "train", args.train_images, sources, turns=args.turns)
-    val = write_mixed_split(args.work / "val", "val", args.val_images, sources, turns=args.turns)
+    data = split_once(args.work / "data", "train", args.train_images, sources, args.turns)
+    val = split_once(args.work / "val", "val", args.val_images, sources, args.turns)
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
-                             validate_every=args.validate_every)
+                             validate_every=args.validate_every, resume_from=args.work / "lora" if args.resume else None,
+                             resumed_steps=args.resumed_steps)
     if 1 in stages:
         base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=args.feature_layer)
         shown = [make_mixed_example("train", i) for i in range(args.align_images)]

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from safetensors.numpy import load_file  # noqa: E402
 
-from atp_cli.errors import InputError  # noqa: E402
+from atp_cli.errors import InputError, ModelError  # noqa: E402
 from atp_cli.image_input import load_image, pixel_values  # noqa: E402
 from atp_cli.train.data import encode_packed, encode_sample, load_samples  # noqa: E402
 from atp_cli.train.model_io import image_setup, load_model  # noqa: E402
@@ -94,3 +94,38 @@ def test_validation_counts_every_turn_by_type(setup, tmp_path):
     assert all(s.validation is not None for s in seen)
     right, asked = seen[-1].validation["all"]
     assert asked == 9 and 0 <= right <= asked
+
+
+def test_a_resumed_run_continues_exactly_where_the_snapshot_stopped(setup, tmp_path):
+    ckpt, data = setup
+    cfg = ProjectorConfig(steps=4, accumulate=2, lr=1e-2, llm_lr=1e-2, lora_rank=4, save_every=2, warmup=3)
+    whole = []
+    straight = train_projector(ckpt, data, tmp_path / "straight", cfg, on_step=whole.append)
+    train_projector(ckpt, data, tmp_path / "split", ProjectorConfig(**{**vars(cfg), "steps": 2}))
+    rest = []
+    resumed = train_projector(ckpt, data, tmp_path / "split",
+                              ProjectorConfig(**{**vars(cfg), "resume_from": tmp_path / "split"}), on_step=rest.append)
+    assert [s.step for s in rest] == [2, 3]
+    assert [s.loss for s in rest] == pytest.approx([s.loss for s in whole[2:]], rel=1e-5)
+    for name in ("lora.safetensors", "projector.safetensors"):
+        a, b = load_file(str(straight / name)), load_file(str(resumed / name))
+        assert set(a) == set(b) and all(np.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+
+
+def test_resuming_needs_the_snapshots_step_and_a_matching_adapter(setup, tmp_path):
+    ckpt, data = setup
+    cfg = ProjectorConfig(steps=2, accumulate=1, lr=0.0, llm_lr=1e-2, lora_rank=4)
+    out = train_projector(ckpt, data, tmp_path / "run", cfg)
+    (out / "trainer_state.pt").unlink()
+    with pytest.raises(InputError, match="how many steps"):
+        train_projector(ckpt, data, tmp_path / "more", ProjectorConfig(**{**vars(cfg), "steps": 4, "resume_from": out}))
+    with pytest.raises(InputError, match="nothing to do"):
+        train_projector(ckpt, data, tmp_path / "more", ProjectorConfig(**{**vars(cfg), "resume_from": out,
+                                                                          "resumed_steps": 2}))
+    with pytest.raises(ModelError, match="another rank"):
+        train_projector(ckpt, data, tmp_path / "more", ProjectorConfig(**{**vars(cfg), "steps": 4, "lora_rank": 2,
+                                                                          "resume_from": out, "resumed_steps": 2}))
+    seen = []
+    train_projector(ckpt, data, tmp_path / "more", ProjectorConfig(**{**vars(cfg), "steps": 3, "resume_from": out,
+                                                                     "resumed_steps": 2}), on_step=seen.append)
+    assert [s.step for s in seen] == [2]

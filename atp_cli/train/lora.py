@@ -36,6 +36,24 @@ def save(language_model: torch.nn.Module, path: Path) -> None:
     tmp.replace(path)
 
 
+def load(language_model: torch.nn.Module, path: Path) -> int:
+    """Copy the factors stored in `path` into the adapters `inject` added (same rank), to continue training them;
+    returns how many tensors were loaded. Every adapter must be in the file, with its shape."""
+    from safetensors.torch import load_file
+
+    stored = load_file(str(path))
+    params = {n.replace(".default", ""): p for n, p in language_model.named_parameters() if "lora_" in n}
+    if set(stored) != set(params):
+        raise ModelError(f"{path}: its adapters are not the ones of this language model")
+    for name, param in params.items():
+        if stored[name].shape != param.shape:
+            raise ModelError(f"{path}: adapter {name} has shape {tuple(stored[name].shape)}, expected "
+                             f"{tuple(param.shape)} (another rank?)")
+        with torch.no_grad():
+            param.copy_(stored[name])
+    return len(params)
+
+
 def merge(language_model: torch.nn.Module, path: Path) -> int:
     """Add the adapters stored in `path` into the dense weights of `language_model`; returns how many were merged."""
     from safetensors import safe_open

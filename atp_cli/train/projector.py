@@ -37,6 +37,8 @@ class ProjectorConfig:
     bf16: bool = False  # bfloat16 autocast for the language model where the hardware has it (bf16_is_fast)
     validate_every: int = 50  # steps between measurements on the validation records (when given)
     warmup: int = 10  # steps of linear learning-rate warm-up; constant after it
+    resume_from: Path | None = None  # a previous run's `out`: continue from its snapshot up to `steps` in all
+    resumed_steps: int | None = None  # steps behind that snapshot, when it has no trainer_state.pt to say so
 
 
 def tower_features(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -153,11 +155,14 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     if not groups:
         raise InputError("nothing to train: the projector's learning rate is 0 and there are no LoRA adapters")
     opt = torch.optim.AdamW(groups)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(cfg.warmup, 1)))
+    start = _resume(model, opt, cfg) if cfg.resume_from is not None else 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (start + k + 1) / max(cfg.warmup, 1)))
     features = FeatureCache(model, size, mean, std)
     image_id = model.config.image_token_index
     records = _order(samples, cfg.seed)
-    for step in range(cfg.steps):
+    for _ in range(start * cfg.accumulate):  # the records the earlier steps took, so the order goes on as it was
+        next(records)
+    for step in range(start, cfg.steps):
         opt.zero_grad()
         losses = []
         for _ in range(cfg.accumulate):
@@ -178,12 +183,46 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
             save_projector(model, out / "projector.safetensors")
             if cfg.lora_rank > 0:
                 lora.save(lm, out / "lora.safetensors")
+            _save_state(opt, step + 1, out / STATE)
     if cfg.lora_rank > 0:
         return out
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     copy_side_files(checkpoint, out)
     return out
+
+
+STATE = "trainer_state.pt"  # optimiser moments and the step count of a snapshot: what an exact resume needs
+
+
+def _save_state(opt: torch.optim.Optimizer, step: int, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save({"step": step, "optimizer": opt.state_dict()}, tmp)
+    tmp.replace(path)
+
+
+def _resume(model, opt: torch.optim.Optimizer, cfg: ProjectorConfig) -> int:
+    """Load the snapshot in `cfg.resume_from` into `model` (projector when it learns, LoRA adapters) and, when the
+    snapshot kept them, the optimiser's moments; returns the steps already taken. Without trainer_state.pt the
+    moments start afresh (the run then differs slightly from an uninterrupted one) and `resumed_steps` is needed."""
+    from safetensors.torch import load_file
+
+    src = Path(cfg.resume_from)
+    state = torch.load(src / STATE, weights_only=True) if (src / STATE).is_file() else None
+    if state is None and cfg.resumed_steps is None:
+        raise InputError(f"{src} has no {STATE}: say how many steps its snapshot took (resumed_steps)")
+    start = int(state["step"]) if state is not None else int(cfg.resumed_steps)
+    if cfg.resumed_steps is not None and start != cfg.resumed_steps:
+        raise InputError(f"{src} holds a snapshot of step {start}, not {cfg.resumed_steps}")
+    if not 0 < start < cfg.steps:
+        raise InputError(f"{src} holds step {start}; nothing to do for a run of {cfg.steps} steps")
+    if cfg.lora_rank > 0:
+        lora.load(model.model.language_model, src / "lora.safetensors")
+    if cfg.lr > 0:
+        model.model.multi_modal_projector.load_state_dict(load_file(str(src / "projector.safetensors")))
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+    return start
 
 
 def save_projector(model, path: Path) -> None:
