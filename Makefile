@@ -43,7 +43,8 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 chat: setup
-	$(BIN)/atp demo
+	@for s in none atp; do printf '%s\t' "$$s:"; \
+	  $(BIN)/atp chat --image atp_cli/examples/shapes.png --strategy $$s "What colour is the triangle?" || exit 1; done
 
 bench: setup
 	$(BIN)/python scripts/benchmarks.py

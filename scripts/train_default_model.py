@@ -3,9 +3,14 @@
 
   python scripts/train_default_model.py --work /tmp/atp-default
 
-The committed artifacts still come from the earlier one-question-per-pass recipe (this script at commit 26b0444:
-projector 240 steps, projector + LoRA 200 steps, ATP 50 steps); this recipe has not yet beaten them at grounding
-(docs/TRAINING.md has what it reached), so its results are not committed.
+The committed artifacts (atp_cli/assets_default/) come from this script's defaults, in two runs because stage 2 was
+resumed from a snapshot that predates the saved optimiser state (docs/TRAINING.md):
+
+  python scripts/train_default_model.py --stages 1,2 --work /tmp/atp-ml --lora-steps 40
+  python scripts/train_default_model.py --stages 2,3 --work /tmp/atp-ml --lora-steps 120 --resume --resumed-steps 40
+
+Resuming now keeps the optimiser's moments (trainer_state.pt next to the snapshot), so a resumed run equals an
+uninterrupted one; a new recipe is one command.
 
 Data: --train-images generated images (scenes and Fashion-MNIST mosaics mixed), each with --turns questions;
 --val-images images of the validation split measure greedy accuracy per question type while training.
