@@ -26,9 +26,10 @@ The artifacts are written into atp_cli/assets_default/ (projector.safetensors, l
 atp.safetensors). --stages picks the stages to run; a later stage starts from the committed artifacts.
 On 2 CPU cores stage 1 takes about 0.3-0.7 s per image (the tower) plus 0.1-0.3 s per step; on CPUs with
 AVX512-BF16 (bfloat16 autocast) an optimiser step of 4 images x 8 questions takes about 15 s in stage 2 and a
-step of 4 questions about 15 s in stage 3; in float32 on an AVX2-only CPU a step of 4 images x 5 questions took
-about 42 s. Learning rates are constant after a 10-step warm-up, so a longer run's snapshot at step N (saved every 25
-steps in --work) equals a run of N steps. A GPU is used when present.
+step of 4 questions about 15 s in stage 3; in float32 on an AVX2-only CPU a stage 2 step of 4 images x 8 questions
+took about 45 s and a stage 3 step about 35 s. Learning rates are constant after a 10-step warm-up, so a longer run's
+snapshot at step N (saved every 25 steps in --work, with the optimiser's state) equals a run of N steps, and
+--resume continues it exactly. A GPU is used when present.
 """
 
 from __future__ import annotations
