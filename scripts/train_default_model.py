@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--atp-steps", type=int, default=50)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
+    ap.add_argument("--boundaries", type=int, nargs="+", default=[2, 10, 20],
+                    help="stage 3: the layers the ATP modules prune before (scripts/boundary_ablation.py chose these)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--artifacts", type=Path, default=ARTIFACTS,
                     help="where the stages write (and later stages read) the artifacts; default: the committed ones")
@@ -136,8 +138,8 @@ def main() -> None:
     if 3 in stages:
         tuned = assemble_checkpoint(args.work / "tuned", projector, seed=args.seed,
                                     lora_path=lora if lora.is_file() else None)
-        train(tuned, data, atp, TrainConfig(budget=args.budget, steps=args.atp_steps, lr=args.atp_lr,
-                                            seed=args.seed), on_step=log)
+        train(tuned, data, atp, TrainConfig(budget=args.budget, boundaries=tuple(args.boundaries),
+                                            steps=args.atp_steps, lr=args.atp_lr, seed=args.seed), on_step=log)
     print(f"wrote {projector}, {lora} and {atp}")
 
 

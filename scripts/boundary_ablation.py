@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Where should ATP's modules sit? Accuracy on the validation split at one budget, boundaries against boundaries.
+
+  python scripts/boundary_ablation.py --variants none,atp,uniform,free:5-14-23,free:2-10-20
+
+With a budget of 25 % of the visual token-layers, every layer before the first module costs full price: on a
+30-layer decoder a first module before layer 5 has spent two thirds of the budget there, so the later layers must
+make do with ~46 tokens, while a first module before layer 2 leaves them ~113. This script measures what that
+costs, on the validation split only (the test split is never used for choosing): `free:B1-B2-B3` is training-free
+ATP (relevance mass + SAP grids of strides 4, 6, 8) with those boundaries, its mass level calibrated to the budget
+on a few validation prompts that are not scored; `atp` is the model's trained modules; `uniform` keeps evenly
+spaced tokens after layer 2 at the same budget; `none` keeps everything. Each question of an image is asked in a
+fresh conversation, as `atp bench quality` does. Prints one line per variant: exact-match accuracy, the mean
+visual tokens averaged over all layers (paper metric) and the per-type counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from atp_cli.calibration import calibrate  # noqa: E402
+from atp_cli.data.mix import write_mixed_split  # noqa: E402
+from atp_cli.data.scenes import exact_match  # noqa: E402
+from atp_cli.default_model import DEFAULT_DIR  # noqa: E402
+from atp_cli.driver import SegmentedDecoder  # noqa: E402
+from atp_cli.evaluation import load_turns  # noqa: E402
+from atp_cli.pipeline import Pipeline, PipelineConfig  # noqa: E402
+from atp_cli.pruning.atp import AtpFreeStrategy  # noqa: E402
+from atp_cli.pruning.budget import params_for_budget  # noqa: E402
+from atp_cli.pruning.config import AtpConfig  # noqa: E402
+from atp_cli.pruning.registry import DEFAULT_FREE_STRIDES, make_strategy  # noqa: E402
+
+CALIBRATION_PROMPTS = 8
+
+
+def use(pipe: Pipeline, strategy) -> None:
+    """Install a strategy built outside the registry (boundaries of our choosing) on the Pipeline."""
+    bounds = strategy.boundaries(pipe.model.n_layer)
+    if pipe.decoder.boundaries != bounds:
+        pipe.decoder.close()
+        pipe.decoder = SegmentedDecoder(pipe.model, bounds, pipe.config.context, readout=bool(bounds))
+    pipe.strategy = strategy
+
+
+def training_free(pipe: Pipeline, bounds: tuple[int, ...], budget: float, prompts: list) -> AtpFreeStrategy:
+    """atp-free with these boundaries, its mass level bisected to meet `budget` on `prompts`."""
+    config = AtpConfig(pipe.model.n_layer, bounds, grid=pipe.weights.config.grid if pipe.weights else None)
+    strides = list(DEFAULT_FREE_STRIDES[: len(bounds)]) + [0] * max(0, len(bounds) - len(DEFAULT_FREE_STRIDES))
+    use(pipe, AtpFreeStrategy(config, [0.5] * len(bounds), strides, pipe.n_visual))
+    cal = calibrate(pipe.decoder, [pipe.prompt(image, q)[0] for image, q in prompts], config, strides, budget)
+    print(f"  {bounds}: mass level {cal.mass[0]:.3f} -> {cal.achieved:.1f} tokens on the calibration prompts",
+          flush=True)
+    return AtpFreeStrategy(config, list(cal.mass), strides, pipe.n_visual)
+
+
+def strategy_for(pipe: Pipeline, variant: str, budget: float, prompts: list):
+    n_layer, n_visual = pipe.model.n_layer, pipe.n_visual
+    if variant.startswith("free:"):
+        return training_free(pipe, tuple(int(b) for b in variant[5:].split("-")), budget, prompts)
+    if variant == "uniform":
+        p = params_for_budget("uniform", budget, n_layer, n_visual)
+        return make_strategy("uniform", n_layer, n_visual, k=p["k"], ratio=p["ratio"])
+    return make_strategy(variant, n_layer, n_visual, pipe.weights)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_DIR, help="converted model folder")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/atp-ablation"), help="where the split is rendered")
+    ap.add_argument("--images", type=int, default=40, help="validation images")
+    ap.add_argument("--per-image", type=int, default=2, help="questions asked per image")
+    ap.add_argument("--budget", type=float, default=144.0)
+    ap.add_argument("--variants", default="none,atp,uniform,free:5-14-23,free:2-10-20")
+    args = ap.parse_args()
+    split = args.work / "val.jsonl"
+    if not split.is_file():
+        write_mixed_split(args.work, "val", args.images, turns=8)
+    rows = load_turns(split, args.per_image)
+    calibration = [(r["image_path"], r["question"]) for r in load_turns(split, 8)[1::7]
+                   if all(r["image_path"] != s["image_path"] or r["question"] != s["question"] for s in rows)]
+    print(f"{len(rows)} validation questions", flush=True)
+    with Pipeline.from_dir(args.model, "none", PipelineConfig(max_tokens=8)) as pipe:
+        for variant in args.variants.split(","):
+            use(pipe, strategy_for(pipe, variant, args.budget, calibration[:CALIBRATION_PROMPTS]))
+            t0, kinds, tokens = time.perf_counter(), defaultdict(lambda: [0, 0]), []
+            for r in rows:
+                result = pipe(r["image_path"], r["question"])
+                kinds[r["kind"]][0] += exact_match(result.text, r["answer"])
+                kinds[r["kind"]][1] += 1
+                tokens.append(result.stats.visual_tokens_avg)
+            right = sum(k[0] for k in kinds.values())
+            print(f"{variant}: {right}/{len(rows)} = {right / len(rows):.1%}, {np.mean(tokens):.1f} tokens "
+                  f"({time.perf_counter() - t0:.0f} s) " + " ".join(f"{k} {r}/{n}" for k, (r, n) in sorted(kinds.items())),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
