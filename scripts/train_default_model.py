@@ -3,11 +3,13 @@
 
   python scripts/train_default_model.py --work /tmp/atp-default
 
-The committed artifacts (atp_cli/assets_default/) come from this script's defaults, in two runs because stage 2 was
-resumed from a snapshot that predates the saved optimiser state (docs/TRAINING.md):
+The committed artifacts (atp_cli/assets_default/) come from this script's defaults, in three runs: stage 2 was
+resumed from a snapshot that predates the saved optimiser state, and stage 3 was run again with the boundaries that
+scripts/boundary_ablation.py chose (docs/TRAINING.md):
 
   python scripts/train_default_model.py --stages 1,2 --work /tmp/atp-ml --lora-steps 40
-  python scripts/train_default_model.py --stages 2,3 --work /tmp/atp-ml --lora-steps 120 --resume --resumed-steps 40
+  python scripts/train_default_model.py --stages 2 --work /tmp/atp-ml --lora-steps 120 --resume --resumed-steps 40
+  python scripts/train_default_model.py --stages 3 --work /tmp/atp-ml
 
 Resuming now keeps the optimiser's moments (trainer_state.pt next to the snapshot), so a resumed run equals an
 uninterrupted one; a new recipe is one command.
@@ -21,7 +23,9 @@ shape but lose colour, its early ones keep colour (scripts/feature_layer_probe.p
 Stage 2 trains rank-16 LoRA adapters on every linear layer of SmolLM2 (and the projector, with --lr > 0) on the
 questions, packing an image's questions into one sequence that holds the image once (atp_cli/train/projector.py).
 Stage 3 trains the ATP threshold modules toward an average of --budget visual tokens (paper metric) with the
-language model frozen, on the first question of each record.
+language model frozen, on the first question of each record; the modules prune before layers 2, 10 and 20
+(--boundaries): at a budget of 25 % a first module before layer 5 would spend two thirds of the budget on the
+layers before it, which cost 15 points of validation accuracy (scripts/boundary_ablation.py).
 The artifacts are written into atp_cli/assets_default/ (projector.safetensors, lora.safetensors,
 atp.safetensors). --stages picks the stages to run; a later stage starts from the committed artifacts.
 On 2 CPU cores stage 1 takes about 0.3-0.7 s per image (the tower) plus 0.1-0.3 s per step; on CPUs with

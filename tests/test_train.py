@@ -11,10 +11,11 @@ pytest.importorskip("transformers")
 
 from atp_cli.driver import ModuleInput  # noqa: E402
 from atp_cli.errors import InputError  # noqa: E402
-from atp_cli.pruning.atp import module_scores, pooled_features  # noqa: E402
+from atp_cli.pruning.atp import AtpStrategy, module_scores, pooled_features  # noqa: E402
 from atp_cli.pruning.config import AtpConfig  # noqa: E402
 from atp_cli.pruning.store import load_safetensors  # noqa: E402
 from atp_cli.train import scoring  # noqa: E402
+from atp_cli.train.soft_prune import SoftPruning, make_nets  # noqa: E402
 from atp_cli.train.trainer import TrainConfig, train  # noqa: E402
 from tests.tiny_llava import build_tiny_llava, write_colour_records  # noqa: E402
 
@@ -43,6 +44,44 @@ def test_torch_scoring_mirrors_numpy():
     net = scoring.ThresholdNet(8)
     theta = net(f)
     np.testing.assert_allclose([float(x.detach()) for x in theta], net.export().thresholds(pooled_features(s)), rtol=1e-5)
+
+
+def _causal_attention(rng, t: int, dropped_keys: np.ndarray) -> np.ndarray:
+    """(t, t) attention rows over the keys a query may see, none on `dropped_keys` (as after hard pruning)."""
+    a = np.tril(rng.random((t, t)) ** 4)
+    a[:, dropped_keys] = 0.0
+    np.fill_diagonal(a, np.diag(a) + 1e-3)  # a query always sees itself
+    return a / a.sum(1, keepdims=True)
+
+
+def test_straight_through_training_decides_as_inference():
+    """Hard forward masks: each module keeps exactly the tokens the numpy AtpStrategy keeps from the same attention,
+    scoring only the tokens still alive, and the thresholds still get a gradient."""
+    rng = np.random.default_rng(4)
+    cfg = AtpConfig(n_layer=6, boundaries=(2, 4), grid=(4, 4), hidden=8)
+    nets = make_nets(cfg)
+    with torch.no_grad():
+        for net in nets:
+            net.fc2.bias.copy_(torch.tensor([0.3, 0.0], dtype=torch.float64))  # theta_r ~ 0.85, theta_sp = 0.5
+    visual, query, t = np.arange(2, 18), np.arange(18, 21), 21
+    control = SoftPruning(cfg, nets, torch.from_numpy(visual), torch.from_numpy(query), t, straight_through=True)
+    strategy = AtpStrategy(cfg, [n.export() for n in nets], n_visual=16)
+    alive = visual
+    for boundary in cfg.boundaries:
+        attn = _causal_attention(rng, t, np.setdiff1d(visual, alive))
+        control.records[boundary - 1] = torch.from_numpy(attn)[None].float()
+        control.before_layer(boundary)
+        idx = np.searchsorted(np.arange(t), alive)
+        view = ModuleInput(boundary, boundary - 1, alive, query, attn[np.ix_(idx, idx)], attn[np.ix_(query, idx)], 2, 6)
+        alive = strategy(view)
+        mask = control.mask.detach().numpy()
+        assert set(np.unique(mask)) <= {0.0, 1.0}
+        assert (visual[mask == 1.0] == alive).all(), boundary
+        assert 0 < len(alive) < 16
+    control.average_tokens(cfg.n_layer).backward()
+    grads = [p.grad for p in nets.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
 
 
 def test_budget_loss_lowers_the_token_count(setup, tmp_path):

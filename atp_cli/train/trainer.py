@@ -1,6 +1,6 @@
 """`atp train`: learn the ATP threshold nets on a transformers LlavaForConditionalGeneration.
 
-Loss = next-token loss on the answer + lambda_b * |soft tokens averaged over all layers / n_visual - budget|
+Loss = next-token loss on the answer + lambda_b * |tokens averaged over all layers / n_visual - budget|
 (+ optional distillation to the unpruned model's answer distribution). The language model can stay frozen,
 get LoRA adapters (peft), or be fine-tuned. Batch size 1 with gradient accumulation: CPU-friendly, and every
 image keeps its own thresholds. Output: ATP weights (safetensors) for `atp convert --atp`, plus the tuned
@@ -46,6 +46,7 @@ class TrainConfig:
     lora_rank: int = 8
     llm_lr: float = 1e-4
     temperature: float = 10.0
+    straight_through: bool = True  # forward with inference's hard keep decision, gradient of the soft mask
     hidden: int = 64
     seed: int = 0
 
@@ -123,7 +124,7 @@ def _one_example(model, tokenizer, nets, atp: AtpConfig, sample: Sample, image_i
         with torch.no_grad():
             teacher = model(input_ids=ids, pixel_values=pixels).logits
     control = SoftPruning(atp, nets, torch.from_numpy(tokens.visual).to(device),
-                          torch.from_numpy(tokens.query).to(device), ids.shape[1])
+                          torch.from_numpy(tokens.query).to(device), ids.shape[1], cfg.straight_through)
     with controlled(model, control):
         out = model(input_ids=ids, pixel_values=pixels, labels=labels)
     tokens_avg = control.average_tokens(atp.n_layer)
