@@ -122,3 +122,18 @@ def test_bad_training_data(setup, tmp_path):
     bad.write_text('{"image": "x.png"}\n')
     with pytest.raises(InputError, match="LLaVA record"):
         train(ckpt, bad, tmp_path / "x.safetensors", TrainConfig(steps=1))
+
+
+@pytest.mark.parametrize("flags, straight_through", [([], True), (["--soft-masks"], False)])
+def test_cli_train_passes_the_mask_mode(monkeypatch, tmp_path, flags, straight_through):
+    from click.testing import CliRunner
+
+    from atp_cli.cli import cli
+    from atp_cli.train import trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "train", lambda ckpt, data, out, cfg, **kw: seen.append(cfg))
+    res = CliRunner().invoke(cli, ["train", str(tmp_path), str(tmp_path / "d.jsonl"), str(tmp_path / "o.safetensors"),
+                                   "--steps", "1", "--boundaries", "2,10", *flags])
+    assert res.exit_code == 0, res.output
+    assert seen[0].straight_through is straight_through and seen[0].boundaries == (2, 10) and seen[0].steps == 1
