@@ -101,9 +101,11 @@ def main() -> None:
     ap.add_argument("--resumed-steps", type=int,
                     help="the steps behind that snapshot, if it predates trainer_state.pt")
     ap.add_argument("--validate-every", type=int, default=50, help="stage 2 steps between validations")
-    ap.add_argument("--atp-steps", type=int, default=50)
+    ap.add_argument("--atp-steps", type=int, default=35)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
+    ap.add_argument("--lambda-budget", type=float, default=20.0,
+                    help="stage 3: weight of the budget loss (with hard forward masks 2 settled near 400 tokens)")
     ap.add_argument("--boundaries", type=int, nargs="+", default=[2, 10, 20],
                     help="stage 3: the layers the ATP modules prune before (scripts/boundary_ablation.py chose these)")
     ap.add_argument("--seed", type=int, default=0)
@@ -143,7 +145,8 @@ def main() -> None:
         tuned = assemble_checkpoint(args.work / "tuned", projector, seed=args.seed,
                                     lora_path=lora if lora.is_file() else None)
         train(tuned, data, atp, TrainConfig(budget=args.budget, boundaries=tuple(args.boundaries),
-                                            steps=args.atp_steps, lr=args.atp_lr, seed=args.seed), on_step=log)
+                                            lambda_budget=args.lambda_budget, steps=args.atp_steps, lr=args.atp_lr,
+                                            seed=args.seed), on_step=log)
     print(f"wrote {projector}, {lora} and {atp}")
 
 
