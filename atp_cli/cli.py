@@ -111,11 +111,11 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
 @click.option("--distill", type=float, default=0.0, show_default=True, help="Weight of KL to the unpruned model.")
 @click.option("--llm", type=click.Choice(["freeze", "lora", "finetune"]), default="freeze", show_default=True)
 @click.option("--save-model", type=click.Path(path_type=Path), help="Where to save the tuned checkpoint (lora/finetune).")
-@click.option("--soft-masks", is_flag=True,
-              help="Forward with the soft sigmoid masks (the paper's) instead of inference's hard decision.")
+@click.option("--hard-masks", is_flag=True,
+              help="Forward with inference's hard keep decision (gradient of the soft mask) instead of the soft masks.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: str | None, steps: int, accumulate: int,
-          lr: float, lambda_budget: float, distill: float, llm: str, save_model: Path | None, soft_masks: bool,
+          lr: float, lambda_budget: float, distill: float, llm: str, save_model: Path | None, hard_masks: bool,
           seed: int) -> None:
     """Train ATP threshold modules on a llava-hf CHECKPOINT with LLaVA-format DATA; write OUT (safetensors)."""
     from tqdm import tqdm
@@ -125,7 +125,7 @@ def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: st
 
     cfg = TrainConfig(budget=budget, boundaries=_int_tuple(boundaries), steps=steps, accumulate=accumulate, lr=lr,
                       lambda_budget=lambda_budget, distill=distill, llm=llm,
-                      straight_through=not soft_masks, seed=seed)
+                      straight_through=hard_masks, seed=seed)
     with tqdm(total=steps, desc="train", unit="step") as bar:
         def on_step(entry) -> None:
             bar.set_postfix(loss=f"{entry.loss:.3f}", tokens=f"{entry.tokens_avg:.1f}")

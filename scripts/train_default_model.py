@@ -3,13 +3,11 @@
 
   python scripts/train_default_model.py --work /tmp/atp-default
 
-The committed artifacts (atp_cli/assets_default/) come from this script's defaults, in three runs: stage 2 was
-resumed from a snapshot that predates the saved optimiser state, and stage 3 was run again with the boundaries that
-scripts/boundary_ablation.py chose (docs/TRAINING.md):
+The committed artifacts (atp_cli/assets_default/) come from this script's defaults, in two runs because stage 2 was
+resumed from a snapshot that predates the saved optimiser state (docs/TRAINING.md):
 
   python scripts/train_default_model.py --stages 1,2 --work /tmp/atp-ml --lora-steps 40
-  python scripts/train_default_model.py --stages 2 --work /tmp/atp-ml --lora-steps 120 --resume --resumed-steps 40
-  python scripts/train_default_model.py --stages 3 --work /tmp/atp-ml
+  python scripts/train_default_model.py --stages 2,3 --work /tmp/atp-ml --lora-steps 120 --resume --resumed-steps 40
 
 Resuming now keeps the optimiser's moments (trainer_state.pt next to the snapshot), so a resumed run equals an
 uninterrupted one; a new recipe is one command.
@@ -23,9 +21,9 @@ shape but lose colour, its early ones keep colour (scripts/feature_layer_probe.p
 Stage 2 trains rank-16 LoRA adapters on every linear layer of SmolLM2 (and the projector, with --lr > 0) on the
 questions, packing an image's questions into one sequence that holds the image once (atp_cli/train/projector.py).
 Stage 3 trains the ATP threshold modules toward an average of --budget visual tokens (paper metric) with the
-language model frozen, on the first question of each record; the modules prune before layers 2, 10 and 20
-(--boundaries): at a budget of 25 % a first module before layer 5 would spend two thirds of the budget on the
-layers before it, which cost 15 points of validation accuracy (scripts/boundary_ablation.py).
+language model frozen, on the first question of each record, with the paper's soft masks (--hard-masks: inference's
+hard decision forward) and modules before layers 5, 14 and 23 (--boundaries; training-free ATP kept more validation
+accuracy with 2, 10, 20: scripts/boundary_ablation.py, docs/TRAINING.md).
 The artifacts are written into atp_cli/assets_default/ (projector.safetensors, lora.safetensors,
 atp.safetensors). --stages picks the stages to run; a later stage starts from the committed artifacts.
 On 2 CPU cores stage 1 takes about 0.3-0.7 s per image (the tower) plus 0.1-0.3 s per step; on CPUs with
@@ -101,13 +99,14 @@ def main() -> None:
     ap.add_argument("--resumed-steps", type=int,
                     help="the steps behind that snapshot, if it predates trainer_state.pt")
     ap.add_argument("--validate-every", type=int, default=50, help="stage 2 steps between validations")
-    ap.add_argument("--atp-steps", type=int, default=35)
+    ap.add_argument("--atp-steps", type=int, default=50)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
-    ap.add_argument("--lambda-budget", type=float, default=20.0,
-                    help="stage 3: weight of the budget loss (with hard forward masks 2 settled near 400 tokens)")
-    ap.add_argument("--boundaries", type=int, nargs="+", default=[2, 10, 20],
-                    help="stage 3: the layers the ATP modules prune before (scripts/boundary_ablation.py chose these)")
+    ap.add_argument("--lambda-budget", type=float, default=2.0, help="stage 3: weight of the budget loss")
+    ap.add_argument("--hard-masks", action="store_true",
+                    help="stage 3: forward with inference's hard keep decision (gradient of the soft mask)")
+    ap.add_argument("--boundaries", type=int, nargs="+",
+                    help="stage 3: the layers the ATP modules prune before (default: 5 14 23 for 30 layers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--artifacts", type=Path, default=ARTIFACTS,
                     help="where the stages write (and later stages read) the artifacts; default: the committed ones")
@@ -144,9 +143,10 @@ def main() -> None:
     if 3 in stages:
         tuned = assemble_checkpoint(args.work / "tuned", projector, seed=args.seed,
                                     lora_path=lora if lora.is_file() else None)
-        train(tuned, data, atp, TrainConfig(budget=args.budget, boundaries=tuple(args.boundaries),
-                                            lambda_budget=args.lambda_budget, steps=args.atp_steps, lr=args.atp_lr,
-                                            seed=args.seed), on_step=log)
+        train(tuned, data, atp, TrainConfig(budget=args.budget,
+                                            boundaries=tuple(args.boundaries) if args.boundaries else None,
+                                            lambda_budget=args.lambda_budget, straight_through=args.hard_masks,
+                                            steps=args.atp_steps, lr=args.atp_lr, seed=args.seed), on_step=log)
     print(f"wrote {projector}, {lora} and {atp}")
 
 

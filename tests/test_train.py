@@ -124,7 +124,7 @@ def test_bad_training_data(setup, tmp_path):
         train(ckpt, bad, tmp_path / "x.safetensors", TrainConfig(steps=1))
 
 
-@pytest.mark.parametrize("flags, straight_through", [([], True), (["--soft-masks"], False)])
+@pytest.mark.parametrize("flags, straight_through", [([], False), (["--hard-masks"], True)])
 def test_cli_train_passes_the_mask_mode(monkeypatch, tmp_path, flags, straight_through):
     from click.testing import CliRunner
 

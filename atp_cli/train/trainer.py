@@ -46,7 +46,7 @@ class TrainConfig:
     lora_rank: int = 8
     llm_lr: float = 1e-4
     temperature: float = 10.0
-    straight_through: bool = True  # forward with inference's hard keep decision, gradient of the soft mask
+    straight_through: bool = False  # True: forward with inference's hard keep decision, soft mask's gradient
     hidden: int = 64
     seed: int = 0
 
