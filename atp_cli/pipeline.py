@@ -87,7 +87,11 @@ class Pipeline(Closeable):
         if name == "atp" and (self.weights is None or not self.weights.mlps):
             log.warning("the mmproj has no trained ATP weights; using 'atp-free'")
             name = "atp-free"
-        strategy = make_strategy(name, self.model.n_layer, self.n_visual, self.weights, **params)
+        self.use_strategy(make_strategy(name, self.model.n_layer, self.n_visual, self.weights, **params))
+
+    def use_strategy(self, strategy) -> None:
+        """Install a strategy object (e.g. one built with boundaries of its own); the segment contexts are rebuilt
+        only when its boundaries differ from the current ones."""
         boundaries = strategy.boundaries(self.model.n_layer)
         if self.decoder is None or self.decoder.boundaries != boundaries:
             if self.decoder is not None:

@@ -31,7 +31,6 @@ from atp_cli.calibration import calibrate  # noqa: E402
 from atp_cli.data.mix import write_mixed_split  # noqa: E402
 from atp_cli.data.scenes import exact_match  # noqa: E402
 from atp_cli.default_model import DEFAULT_DIR  # noqa: E402
-from atp_cli.driver import SegmentedDecoder  # noqa: E402
 from atp_cli.evaluation import load_turns  # noqa: E402
 from atp_cli.pipeline import Pipeline, PipelineConfig  # noqa: E402
 from atp_cli.pruning.atp import AtpFreeStrategy  # noqa: E402
@@ -42,20 +41,11 @@ from atp_cli.pruning.registry import DEFAULT_FREE_STRIDES, make_strategy  # noqa
 CALIBRATION_PROMPTS = 8
 
 
-def use(pipe: Pipeline, strategy) -> None:
-    """Install a strategy built outside the registry (boundaries of our choosing) on the Pipeline."""
-    bounds = strategy.boundaries(pipe.model.n_layer)
-    if pipe.decoder.boundaries != bounds:
-        pipe.decoder.close()
-        pipe.decoder = SegmentedDecoder(pipe.model, bounds, pipe.config.context, readout=bool(bounds))
-    pipe.strategy = strategy
-
-
 def training_free(pipe: Pipeline, bounds: tuple[int, ...], budget: float, prompts: list) -> AtpFreeStrategy:
     """atp-free with these boundaries, its mass level bisected to meet `budget` on `prompts`."""
     config = AtpConfig(pipe.model.n_layer, bounds, grid=pipe.weights.config.grid if pipe.weights else None)
     strides = list(DEFAULT_FREE_STRIDES[: len(bounds)]) + [0] * max(0, len(bounds) - len(DEFAULT_FREE_STRIDES))
-    use(pipe, AtpFreeStrategy(config, [0.5] * len(bounds), strides, pipe.n_visual))
+    pipe.use_strategy(AtpFreeStrategy(config, [0.5] * len(bounds), strides, pipe.n_visual))
     cal = calibrate(pipe.decoder, [pipe.prompt(image, q)[0] for image, q in prompts], config, strides, budget)
     print(f"  {bounds}: mass level {cal.mass[0]:.3f} -> {cal.achieved:.1f} tokens on the calibration prompts",
           flush=True)
@@ -90,7 +80,7 @@ def main() -> None:
     print(f"{len(rows)} validation questions", flush=True)
     with Pipeline.from_dir(args.model, "none", PipelineConfig(max_tokens=8)) as pipe:
         for variant in args.variants.split(","):
-            use(pipe, strategy_for(pipe, variant, args.budget, calibration[:CALIBRATION_PROMPTS]))
+            pipe.use_strategy(strategy_for(pipe, variant, args.budget, calibration[:CALIBRATION_PROMPTS]))
             t0, kinds, tokens = time.perf_counter(), defaultdict(lambda: [0, 0]), []
             for r in rows:
                 result = pipe(r["image_path"], r["question"])

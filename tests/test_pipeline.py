@@ -76,6 +76,21 @@ def test_every_strategy_runs(folder):
                 assert r.stats.visual_tokens_avg < GRID * GRID, name
 
 
+def test_a_strategy_object_with_its_own_boundaries(folder):
+    """use_strategy installs a strategy built outside the registry; its boundaries decide where tokens go."""
+    from atp_cli.pruning.baselines import UniformGrid
+    from atp_cli.pruning.config import AtpConfig
+
+    img = images(1, seed=2)[0]
+    with Pipeline.from_dir(folder, "none", CFG) as pipe:
+        pipe.use_strategy(UniformGrid(k=2, keep_ratio=0.25))
+        assert pipe(img, "what colour").stats.visual_alive_per_layer.tolist() == [64, 64, 16, 16]
+        pipe.use_strategy(AtpFreeStrategy(AtpConfig(4, (1, 3), grid=(GRID, GRID)), [0.3, 0.3], [0, 0], GRID * GRID))
+        alive = pipe(img, "what colour").stats.visual_alive_per_layer.tolist()
+        assert pipe.decoder.boundaries == [1, 3]
+        assert alive[0] == 64 and alive[1] == alive[2] < 64 and alive[3] <= alive[2]
+
+
 def test_atp_without_weights_falls_back(folder, caplog):
     with Pipeline.from_dir(folder, "atp", CFG) as pipe:
         assert isinstance(pipe.strategy, AtpFreeStrategy)

@@ -8,7 +8,7 @@ The count of visual tokens averaged over all layers feeds the budget loss.
 With `straight_through` the forward pass uses inference's hard decision (1 where s_r > theta_r or s_sp > theta_sp,
 else 0) and the gradient is the soft mask's. A soft mask alone lets a token at M = 0.1 still be read; the SAP branch
 is especially soft, since its scores sit within 0.05-0.4 of each other, so at tau = 10 a grid the hard rule drops
-keeps a third of its weight in training, and thresholds learnt that way drop what the answer needs at inference.
+keeps a third of its weight in training: training reads tokens that inference drops.
 Through log(M + eps) a hard-dropped key still gets the gradient of a multiplicative mask (exp(score) / Z times the
 value's effect), so the loss can ask for a dropped token back.
 """
