@@ -79,14 +79,18 @@ def calibrate(dec: SegmentedDecoder, prompts: Sequence[Prompt], config: AtpConfi
 
 
 def calibrate_pipeline(pipe, questions: Sequence[tuple], target: float, strides: Sequence[int],
-                       on_step: Callable[[float, float], None] | None = None) -> tuple[AtpConfig, Calibration]:
-    """Calibrate atp-free levels for a Pipeline on (image, question) pairs: the mmproj's ATP configuration when it
-    has one (else the default boundaries), strides padded with 0 (no grid) to one per module."""
+                       on_step: Callable[[float, float], None] | None = None,
+                       config: AtpConfig | None = None) -> tuple[AtpConfig, Calibration]:
+    """Calibrate atp-free levels for a Pipeline on (image, question) pairs: with `config`'s boundaries, else the
+    mmproj's ATP configuration when it has one, else the default boundaries; strides padded with 0 (no grid) to one
+    per module. Leaves the Pipeline on atp-free with these boundaries."""
     from atp_cli.pruning.config import default_boundaries
 
     n_layer = pipe.model.n_layer
-    config = pipe.weights.config if pipe.weights else AtpConfig(n_layer, default_boundaries(n_layer))
+    if config is None:
+        config = pipe.weights.config if pipe.weights else AtpConfig(n_layer, default_boundaries(n_layer))
     n = len(config.boundaries)
-    pipe.set_strategy("atp-free", mass=0.5)  # segment layout of these boundaries
+    strides = (tuple(strides) + (0,) * n)[:n]
+    pipe.use_strategy(AtpFreeStrategy(config, [0.5] * n, list(strides), pipe.n_visual))  # segment layout
     prompts = [pipe.prompt(image, question)[0] for image, question in questions]
-    return config, calibrate(pipe.decoder, prompts, config, (tuple(strides) + (0,) * n)[:n], target, on_step=on_step)
+    return config, calibrate(pipe.decoder, prompts, config, strides, target, on_step=on_step)

@@ -11,7 +11,8 @@ ATP (relevance mass + SAP grids of strides 4, 6, 8) with those boundaries, its m
 on a few validation prompts that are not scored; `atp` is the model's trained modules; `uniform` keeps evenly
 spaced tokens after layer 2 at the same budget; `none` keeps everything. Each question of an image is asked in a
 fresh conversation, as `atp bench quality` does. Prints one line per variant: exact-match accuracy, the mean
-visual tokens averaged over all layers (paper metric) and the per-type counts.
+visual tokens averaged over all layers (paper metric) and the per-type counts; for `atp`, also the range of the
+thresholds (theta_r, theta_sp) each trained module predicted.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atp_cli.calibration import calibrate  # noqa: E402
+from atp_cli.calibration import calibrate_pipeline  # noqa: E402
 from atp_cli.data.mix import write_mixed_split  # noqa: E402
 from atp_cli.data.scenes import exact_match  # noqa: E402
 from atp_cli.default_model import DEFAULT_DIR  # noqa: E402
 from atp_cli.evaluation import load_turns  # noqa: E402
 from atp_cli.pipeline import Pipeline, PipelineConfig  # noqa: E402
-from atp_cli.pruning.atp import AtpFreeStrategy  # noqa: E402
+from atp_cli.pruning.atp import AtpFreeStrategy, AtpStrategy  # noqa: E402
 from atp_cli.pruning.budget import params_for_budget  # noqa: E402
 from atp_cli.pruning.config import AtpConfig  # noqa: E402
 from atp_cli.pruning.registry import DEFAULT_FREE_STRIDES, make_strategy  # noqa: E402
@@ -43,13 +44,21 @@ CALIBRATION_PROMPTS = 8
 
 def training_free(pipe: Pipeline, bounds: tuple[int, ...], budget: float, prompts: list) -> AtpFreeStrategy:
     """atp-free with these boundaries, its mass level bisected to meet `budget` on `prompts`."""
-    config = AtpConfig(pipe.model.n_layer, bounds, grid=pipe.weights.config.grid if pipe.weights else None)
-    strides = list(DEFAULT_FREE_STRIDES[: len(bounds)]) + [0] * max(0, len(bounds) - len(DEFAULT_FREE_STRIDES))
-    pipe.use_strategy(AtpFreeStrategy(config, [0.5] * len(bounds), strides, pipe.n_visual))
-    cal = calibrate(pipe.decoder, [pipe.prompt(image, q)[0] for image, q in prompts], config, strides, budget)
+    grid = pipe.weights.config.grid if pipe.weights else None
+    config, cal = calibrate_pipeline(pipe, prompts, budget, DEFAULT_FREE_STRIDES,
+                                     config=AtpConfig(pipe.model.n_layer, bounds, grid=grid))
     print(f"  {bounds}: mass level {cal.mass[0]:.3f} -> {cal.achieved:.1f} tokens on the calibration prompts",
           flush=True)
-    return AtpFreeStrategy(config, list(cal.mass), strides, pipe.n_visual)
+    return AtpFreeStrategy(config, list(cal.mass), list(cal.stride), pipe.n_visual)
+
+
+def print_thresholds(strategy: AtpStrategy) -> None:
+    """The range of the thresholds the trained modules predicted over the questions just asked, per module."""
+    n = len(strategy.config.boundaries)
+    for m, boundary in enumerate(strategy.config.boundaries):
+        theta_r, theta_sp = zip(*strategy.last_thresholds[m::n])
+        print(f"  module before layer {boundary}: theta_r {min(theta_r):.2f}-{max(theta_r):.2f}, "
+              f"theta_sp {min(theta_sp):.3f}-{max(theta_sp):.3f}", flush=True)
 
 
 def strategy_for(pipe: Pipeline, variant: str, budget: float, prompts: list):
@@ -75,12 +84,13 @@ def main() -> None:
     if not split.is_file():
         write_mixed_split(args.work, "val", args.images, turns=8)
     rows = load_turns(split, args.per_image)
-    calibration = [(r["image_path"], r["question"]) for r in load_turns(split, 8)[1::7]
-                   if all(r["image_path"] != s["image_path"] or r["question"] != s["question"] for s in rows)]
+    scored = {(r["image_path"], r["question"]) for r in rows}
+    calibration = [q for q in ((r["image_path"], r["question"]) for r in load_turns(split, 8)[1::7]) if q not in scored]
     print(f"{len(rows)} validation questions", flush=True)
     with Pipeline.from_dir(args.model, "none", PipelineConfig(max_tokens=8)) as pipe:
         for variant in args.variants.split(","):
-            pipe.use_strategy(strategy_for(pipe, variant, args.budget, calibration[:CALIBRATION_PROMPTS]))
+            strategy = strategy_for(pipe, variant, args.budget, calibration[:CALIBRATION_PROMPTS])
+            pipe.use_strategy(strategy)
             t0, kinds, tokens = time.perf_counter(), defaultdict(lambda: [0, 0]), []
             for r in rows:
                 result = pipe(r["image_path"], r["question"])
@@ -91,6 +101,8 @@ def main() -> None:
             print(f"{variant}: {right}/{len(rows)} = {right / len(rows):.1%}, {np.mean(tokens):.1f} tokens "
                   f"({time.perf_counter() - t0:.0f} s) " + " ".join(f"{k} {r}/{n}" for k, (r, n) in sorted(kinds.items())),
                   flush=True)
+            if isinstance(strategy, AtpStrategy):
+                print_thresholds(strategy)
 
 
 if __name__ == "__main__":
