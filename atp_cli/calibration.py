@@ -61,13 +61,20 @@ def calibrate(dec: SegmentedDecoder, prompts: Sequence[Prompt], config: AtpConfi
             on_step(p, value)
         return value
 
-    lo, hi = 1e-4, 1.0
+    level, value = bisect_level(measure, target, 1e-4, 1.0, iterations)
+    return Calibration((level,) * len(config.boundaries), tuple(strides), target, value)
+
+
+def bisect_level(measure: Callable[[float], float], target: float, lo: float, hi: float,
+                 iterations: int = 14) -> tuple[float, float]:
+    """The level in [lo, hi] whose measured token count comes closest to `target`, for a count that grows with
+    the level; (level, count). Below what `lo` keeps it warns and returns lo; above what `hi` keeps, hi."""
     low, high = measure(lo), measure(hi)
     if target <= low:
-        log.warning("budget %.1f is below what the grids keep at the lowest level (%.1f)", target, low)
-        return Calibration((lo,) * len(config.boundaries), tuple(strides), target, low)
+        log.warning("budget %.1f is below what the lowest level keeps (%.1f)", target, low)
+        return lo, low
     if target >= high:
-        return Calibration((hi,) * len(config.boundaries), tuple(strides), target, high)
+        return hi, high
     best = (hi, high)
     for _ in range(iterations):
         mid = (lo + hi) / 2
@@ -75,7 +82,7 @@ def calibrate(dec: SegmentedDecoder, prompts: Sequence[Prompt], config: AtpConfi
         if abs(value - target) < abs(best[1] - target):
             best = (mid, value)
         lo, hi = (mid, hi) if value < target else (lo, mid)
-    return Calibration((best[0],) * len(config.boundaries), tuple(strides), target, best[1])
+    return best
 
 
 def calibrate_pipeline(pipe, questions: Sequence[tuple], target: float, strides: Sequence[int],

@@ -113,10 +113,13 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
 @click.option("--save-model", type=click.Path(path_type=Path), help="Where to save the tuned checkpoint (lora/finetune).")
 @click.option("--hard-masks", is_flag=True,
               help="Forward with inference's hard keep decision (gradient of the soft mask) instead of the soft masks.")
+@click.option("--start-thresholds", type=float, nargs=2, metavar="THETA_R THETA_SP",
+              help="Every module starts at these thresholds for every image (e.g. a fixed rule calibrated to the "
+                   "budget: scripts/boundary_ablation.py const:...); default: near keeping everything.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: str | None, steps: int, accumulate: int,
           lr: float, lambda_budget: float, distill: float, llm: str, save_model: Path | None, hard_masks: bool,
-          seed: int) -> None:
+          start_thresholds: tuple[float, float] | None, seed: int) -> None:
     """Train ATP threshold modules on a llava-hf CHECKPOINT with LLaVA-format DATA; write OUT (safetensors)."""
     from tqdm import tqdm
 
@@ -125,7 +128,7 @@ def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: st
 
     cfg = TrainConfig(budget=budget, boundaries=_int_tuple(boundaries), steps=steps, accumulate=accumulate, lr=lr,
                       lambda_budget=lambda_budget, distill=distill, llm=llm,
-                      straight_through=hard_masks, seed=seed)
+                      straight_through=hard_masks, start_thresholds=start_thresholds or None, seed=seed)
     with tqdm(total=steps, desc="train", unit="step") as bar:
         def on_step(entry) -> None:
             bar.set_postfix(loss=f"{entry.loss:.3f}", tokens=f"{entry.tokens_avg:.1f}")

@@ -8,7 +8,8 @@ With a budget of 25 % of the visual token-layers, every layer before the first m
 make do with ~46 tokens, while a first module before layer 2 leaves them ~113. This script measures what that
 costs, on the validation split only (the test split is never used for choosing): `free:B1-B2-B3` is training-free
 ATP (relevance mass + SAP grids of strides 4, 6, 8) with those boundaries, its mass level calibrated to the budget
-on a few validation prompts that are not scored; `atp` is the model's trained modules; `uniform` keeps evenly
+on a few validation prompts that are not scored; `const:B1-B2-B3` is ATP's threshold rule with one fixed pair of
+thresholds (theta_sp 0.8, theta_r calibrated the same way); `atp` is the model's trained modules; `uniform` keeps evenly
 spaced tokens after layer 2 at the same budget; `none` keeps everything. Each question of an image is asked in a
 fresh conversation, as `atp bench quality` does. Prints one line per variant: exact-match accuracy, the mean
 visual tokens averaged over all layers (paper metric) and the per-type counts; for `atp`, also the range of the
@@ -28,18 +29,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atp_cli.calibration import calibrate_pipeline  # noqa: E402
+from atp_cli.calibration import average_tokens, bisect_level, calibrate_pipeline  # noqa: E402
 from atp_cli.data.mix import write_mixed_split  # noqa: E402
 from atp_cli.data.scenes import exact_match  # noqa: E402
 from atp_cli.default_model import DEFAULT_DIR  # noqa: E402
 from atp_cli.evaluation import load_turns  # noqa: E402
 from atp_cli.pipeline import Pipeline, PipelineConfig  # noqa: E402
-from atp_cli.pruning.atp import AtpFreeStrategy, AtpStrategy  # noqa: E402
+from atp_cli.pruning.atp import AtpFreeStrategy, AtpStrategy, ThresholdMLP  # noqa: E402
 from atp_cli.pruning.budget import params_for_budget  # noqa: E402
 from atp_cli.pruning.config import AtpConfig  # noqa: E402
 from atp_cli.pruning.registry import DEFAULT_FREE_STRIDES, make_strategy  # noqa: E402
 
 CALIBRATION_PROMPTS = 8
+CONSTANT_THETA_SP = 0.8  # s_sp > 0.8: the grids of strides 4, 6 and 8 (48 of 576 tokens) always survive
 
 
 def training_free(pipe: Pipeline, bounds: tuple[int, ...], budget: float, prompts: list) -> AtpFreeStrategy:
@@ -50,6 +52,25 @@ def training_free(pipe: Pipeline, bounds: tuple[int, ...], budget: float, prompt
     print(f"  {bounds}: mass level {cal.mass[0]:.3f} -> {cal.achieved:.1f} tokens on the calibration prompts",
           flush=True)
     return AtpFreeStrategy(config, list(cal.mass), list(cal.stride), pipe.n_visual)
+
+
+def constant_thresholds(pipe: Pipeline, bounds: tuple[int, ...], budget: float, prompts: list) -> AtpStrategy:
+    """ATP's keep rule with the same thresholds for every image and module: theta_sp = CONSTANT_THETA_SP, theta_r
+    bisected (as theta_r = -ln(level)) to meet `budget` on `prompts`."""
+    grid = pipe.weights.config.grid if pipe.weights else None
+    config = AtpConfig(pipe.model.n_layer, bounds, grid=grid)
+
+    def strategy(level: float) -> AtpStrategy:
+        mlp = ThresholdMLP.constant(-np.log(level), CONSTANT_THETA_SP)
+        return AtpStrategy(config, [mlp] * len(bounds), pipe.n_visual)
+
+    pipe.use_strategy(strategy(0.5))  # segment layout
+    questions = [pipe.prompt(image, question)[0] for image, question in prompts]
+    level, achieved = bisect_level(lambda x: float(np.mean(average_tokens(pipe.decoder, questions, strategy(x)))),
+                                   budget, 1e-4, 0.999)
+    print(f"  {bounds}: theta_r {-np.log(level):.3f}, theta_sp {CONSTANT_THETA_SP} -> {achieved:.1f} tokens on the "
+          "calibration prompts", flush=True)
+    return strategy(level)
 
 
 def print_thresholds(strategy: AtpStrategy) -> None:
@@ -63,6 +84,8 @@ def print_thresholds(strategy: AtpStrategy) -> None:
 
 def strategy_for(pipe: Pipeline, variant: str, budget: float, prompts: list):
     n_layer, n_visual = pipe.model.n_layer, pipe.n_visual
+    if variant.startswith("const:"):
+        return constant_thresholds(pipe, tuple(int(b) for b in variant[6:].split("-")), budget, prompts)
     if variant.startswith("free:"):
         return training_free(pipe, tuple(int(b) for b in variant[5:].split("-")), budget, prompts)
     if variant == "uniform":

@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--lambda-budget", type=float, default=2.0, help="stage 3: weight of the budget loss")
     ap.add_argument("--hard-masks", action="store_true",
                     help="stage 3: forward with inference's hard keep decision (gradient of the soft mask)")
+    ap.add_argument("--start-thresholds", type=float, nargs=2, metavar=("THETA_R", "THETA_SP"),
+                    help="stage 3: the thresholds every module starts at (default: near keeping everything)")
     ap.add_argument("--boundaries", type=int, nargs="+",
                     help="stage 3: the layers the ATP modules prune before (default: 5 14 23 for 30 layers)")
     ap.add_argument("--seed", type=int, default=0)
@@ -146,6 +148,8 @@ def main() -> None:
         train(tuned, data, atp, TrainConfig(budget=args.budget,
                                             boundaries=tuple(args.boundaries) if args.boundaries else None,
                                             lambda_budget=args.lambda_budget, straight_through=args.hard_masks,
+                                            start_thresholds=tuple(args.start_thresholds) if args.start_thresholds
+                                            else None,
                                             steps=args.atp_steps, lr=args.atp_lr, seed=args.seed), on_step=log)
     print(f"wrote {projector}, {lora} and {atp}")
 

@@ -117,6 +117,31 @@ def test_atp_thresholds_decide_the_keep_set():
     assert len(loose.last_thresholds) == 1
 
 
+def test_constant_thresholds_ignore_the_image():
+    rng = np.random.default_rng(3)
+    mlp = ThresholdMLP.constant(0.9, 0.8, hidden=3)
+    for _ in range(3):
+        np.testing.assert_allclose(mlp.thresholds(rng.normal(size=N_FEATURES) * 10), (0.9, 0.8), rtol=1e-6)
+    for bad in ((0.0, 0.5), (1.0, 1.0), (1.0, 0.0)):
+        with pytest.raises(InputError, match="constant thresholds"):
+            ThresholdMLP.constant(*bad)
+
+
+def test_bisect_level_meets_a_monotone_count():
+    from atp_cli.calibration import bisect_level
+
+    seen = []
+
+    def count(x: float) -> float:  # tokens grow with the level, in steps as real counts do
+        seen.append(x)
+        return float(np.floor(576 * x**2))
+
+    level, achieved = bisect_level(count, 144.0, 1e-4, 1.0)
+    assert abs(achieved - 144.0) <= 2 and abs(level - 0.5) < 0.01 and len(seen) == 16
+    assert bisect_level(count, 600.0, 0.1, 0.9) == (0.9, float(np.floor(576 * 0.81)))  # above what hi keeps
+    assert bisect_level(count, 1.0, 0.5, 0.9) == (0.5, 144.0)  # below what lo keeps
+
+
 def test_atp_config_mismatches():
     with pytest.raises(InputError, match="8 decoder layers"):
         _config().validate(n_layer=32)

@@ -46,6 +46,18 @@ def test_torch_scoring_mirrors_numpy():
     np.testing.assert_allclose([float(x.detach()) for x in theta], net.export().thresholds(pooled_features(s)), rtol=1e-5)
 
 
+def test_threshold_net_can_start_at_given_thresholds():
+    """A net started at (theta_r, theta_sp) predicts them for any image, and so does its exported numpy MLP."""
+    net = scoring.ThresholdNet(8, start=(0.9, 0.8))
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        f = rng.normal(size=10) * 5
+        theta = [float(x.detach()) for x in net(torch.from_numpy(f))]
+        np.testing.assert_allclose(theta, (0.9, 0.8), rtol=1e-6)
+        np.testing.assert_allclose(net.export().thresholds(f), (0.9, 0.8), rtol=1e-6)
+    assert all(isinstance(n, scoring.ThresholdNet) for n in make_nets(AtpConfig(6, (2, 4)), (0.9, 0.8)))
+
+
 def _causal_attention(rng, t: int, dropped_keys: np.ndarray) -> np.ndarray:
     """(t, t) attention rows over the keys a query may see, none on `dropped_keys` (as after hard pruning)."""
     a = np.tril(rng.random((t, t)) ** 4)

@@ -68,6 +68,16 @@ class ThresholdMLP:
         if shapes != [(h, N_FEATURES), (h,), (2, h), (2,)]:
             raise InputError(f"threshold MLP shapes {shapes} do not match ({h}, {N_FEATURES}) -> 2")
 
+    @classmethod
+    def constant(cls, theta_r: float, theta_sp: float, hidden: int = 1) -> ThresholdMLP:
+        """An MLP that predicts (theta_r, theta_sp) for every image: a fixed-threshold rule in the trained rule's
+        form, and a starting point for training that begins where a calibrated rule already works."""
+        if theta_r <= 0 or not 0 < theta_sp < 1:
+            raise InputError(f"constant thresholds need theta_r > 0 and 0 < theta_sp < 1, got {theta_r}, {theta_sp}")
+        z = np.array([theta_r + np.log(-np.expm1(-theta_r)), np.log(theta_sp / (1 - theta_sp))], dtype=np.float32)
+        zeros = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
+        return cls(zeros(hidden, N_FEATURES), zeros(hidden), zeros(2, hidden), z)
+
     def thresholds(self, features: np.ndarray) -> tuple[float, float]:
         z = self.fc2_w @ np.maximum(self.fc1_w @ features + self.fc1_b, 0.0) + self.fc2_b
         theta_r = float(np.logaddexp(0.0, z[0]))  # softplus

@@ -47,14 +47,19 @@ def features(s_r: torch.Tensor, s_sp: torch.Tensor, alive_fraction: torch.Tensor
 class ThresholdNet(nn.Module):
     """fc1 -> ReLU -> fc2 -> (softplus, sigmoid), as ThresholdMLP."""
 
-    def __init__(self, hidden: int, init_keep_all: bool = True) -> None:
+    def __init__(self, hidden: int, start: tuple[float, float] | None = None) -> None:
+        """`start`: the (theta_r, theta_sp) to begin at for every image (e.g. a calibrated fixed rule); None: near
+        "keep everything" (low relevance threshold, spatial threshold ~ 1)."""
         super().__init__()
         self.fc1 = nn.Linear(N_FEATURES, hidden, dtype=torch.float64)
         self.fc2 = nn.Linear(hidden, 2, dtype=torch.float64)
-        if init_keep_all:  # start near "keep everything": low relevance threshold, spatial threshold ~ 1
-            with torch.no_grad():
-                self.fc2.weight.mul_(0.01)
+        with torch.no_grad():
+            self.fc2.weight.mul_(0.01)
+            if start is None:
                 self.fc2.bias.copy_(torch.tensor([-3.0, 3.0], dtype=torch.float64))
+            else:  # fc2's bias sets the thresholds; the per-image part starts at exactly zero
+                self.fc2.weight.zero_()
+                self.fc2.bias.copy_(torch.from_numpy(ThresholdMLP.constant(*start).fc2_b).double())
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.fc2(torch.relu(self.fc1(f)))

@@ -81,5 +81,6 @@ class SoftPruning(LayerControl):
         return sum((e - b) * c for b, e, c in zip(edges[:-1], edges[1:], counts)) / n_layer
 
 
-def make_nets(config: AtpConfig) -> nn.ModuleList:
-    return nn.ModuleList(ThresholdNet(config.hidden) for _ in config.boundaries)
+def make_nets(config: AtpConfig, start: tuple[float, float] | None = None) -> nn.ModuleList:
+    """One threshold net per module, all beginning at the thresholds `start` (None: near keeping everything)."""
+    return nn.ModuleList(ThresholdNet(config.hidden, start) for _ in config.boundaries)

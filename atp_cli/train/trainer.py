@@ -47,6 +47,7 @@ class TrainConfig:
     llm_lr: float = 1e-4
     temperature: float = 10.0
     straight_through: bool = False  # True: forward with inference's hard keep decision, soft mask's gradient
+    start_thresholds: tuple[float, float] | None = None  # (theta_r, theta_sp) every module starts at; None: keep all
     hidden: int = 64
     seed: int = 0
 
@@ -89,7 +90,7 @@ def train(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: TrainC
     atp = AtpConfig(n_layer=n_layer, boundaries=cfg.boundaries or default_boundaries(n_layer),
                     temperature=cfg.temperature, grid=(grid, grid), hidden=cfg.hidden)
     atp.validate()
-    nets = make_nets(atp).to(device)
+    nets = make_nets(atp, cfg.start_thresholds).to(device)
     llm_params = _llm_params(model, cfg)
     groups = [{"params": nets.parameters(), "lr": cfg.lr}]
     if llm_params:
