@@ -3,11 +3,15 @@
 
   python scripts/train_default_model.py --work /tmp/atp-default
 
-The committed artifacts (atp_cli/assets_default/) come from this script's defaults, in two runs because stage 2 was
-resumed from a snapshot that predates the saved optimiser state (docs/TRAINING.md):
+The committed artifacts (atp_cli/assets_default/) come from three runs: stages 1 and 2 from this script's defaults
+in two runs, because stage 2 was resumed from a snapshot that predates the saved optimiser state, and the ATP modules
+from a third that writes the calibrated start of stage 3 without training it (docs/TRAINING.md: 40 trained steps
+from there scored 3 of 154 validation questions lower):
 
   python scripts/train_default_model.py --stages 1,2 --work /tmp/atp-ml --lora-steps 40
-  python scripts/train_default_model.py --stages 2,3 --work /tmp/atp-ml --lora-steps 120 --resume --resumed-steps 40
+  python scripts/train_default_model.py --stages 2 --work /tmp/atp-ml --lora-steps 120 --resume --resumed-steps 40
+  python scripts/train_default_model.py --stages 3 --work /tmp/atp-ml --boundaries 2 10 20 --atp-steps 0 \
+      --start-thresholds 0.923 0.8
 
 Resuming now keeps the optimiser's moments (trainer_state.pt next to the snapshot), so a resumed run equals an
 uninterrupted one; a new recipe is one command.
@@ -22,8 +26,9 @@ Stage 2 trains rank-16 LoRA adapters on every linear layer of SmolLM2 (and the p
 questions, packing an image's questions into one sequence that holds the image once (atp_cli/train/projector.py).
 Stage 3 trains the ATP threshold modules toward an average of --budget visual tokens (paper metric) with the
 language model frozen, on the first question of each record, with the paper's soft masks (--hard-masks: inference's
-hard decision forward) and modules before layers 5, 14 and 23 (--boundaries; training-free ATP kept more validation
-accuracy with 2, 10, 20: scripts/boundary_ablation.py, docs/TRAINING.md).
+hard decision forward) and modules before layers 5, 14 and 23 (--boundaries; ATP kept more validation accuracy with
+2, 10, 20: scripts/boundary_ablation.py, docs/TRAINING.md). --start-thresholds starts every module at one fixed
+(theta_r, theta_sp), e.g. the rule `scripts/boundary_ablation.py --variants const:2-10-20` calibrates to the budget.
 The artifacts are written into atp_cli/assets_default/ (projector.safetensors, lora.safetensors,
 atp.safetensors). --stages picks the stages to run; a later stage starts from the committed artifacts.
 On 2 CPU cores stage 1 takes about 0.3-0.7 s per image (the tower) plus 0.1-0.3 s per step; on CPUs with
