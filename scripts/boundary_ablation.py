@@ -9,7 +9,7 @@ make do with ~46 tokens, while a first module before layer 2 leaves them ~113. T
 costs, on the validation split only (the test split is never used for choosing): `free:B1-B2-B3` is training-free
 ATP (relevance mass + SAP grids of strides 4, 6, 8) with those boundaries, its mass level calibrated to the budget
 on a few validation prompts that are not scored; `const:B1-B2-B3` is ATP's threshold rule with one fixed pair of
-thresholds (theta_sp 0.8, theta_r calibrated the same way); `atp` is the model's trained modules; `uniform` keeps evenly
+thresholds (theta_sp 0.8, theta_r calibrated the same way); `atp` is the model's own modules; `uniform` keeps evenly
 spaced tokens after layer 2 at the same budget; `none` keeps everything. Each question of an image is asked in a
 fresh conversation, as `atp bench quality` does. Prints one line per variant: exact-match accuracy, the mean
 visual tokens averaged over all layers (paper metric) and the per-type counts; for `atp`, also the range of the
@@ -74,7 +74,7 @@ def constant_thresholds(pipe: Pipeline, bounds: tuple[int, ...], budget: float, 
 
 
 def print_thresholds(strategy: AtpStrategy) -> None:
-    """The range of the thresholds the trained modules predicted over the questions just asked, per module."""
+    """The range of the thresholds the model's modules predicted over the questions just asked, per module."""
     n = len(strategy.config.boundaries)
     for m, boundary in enumerate(strategy.config.boundaries):
         theta_r, theta_sp = zip(*strategy.last_thresholds[m::n])
