@@ -42,8 +42,9 @@ SECTIONS = [
             "Held-out test split of generated scenes and Fashion-MNIST mosaics (never used to train or tune). `budget` is the target of "
             "visual tokens averaged over all decoder layers (paper metric): fixed-rule strategies meet it by "
             "construction (atp_cli/pruning/budget.py), atp-free is calibrated to it on 6 validation questions, atp "
-            "(the model's own modules) sits at the budget its thresholds were set for. Agreement: the answer equals the unpruned atp answer. The "
-            "stock row is llama-cpp-python's own LLaVA chat handler on the same files and threads (its encoder and "
+            "(the model's own modules) sits at the budget its thresholds were set for. Agreement: the answer equals "
+            "the unpruned atp answer. The stock row is llama-cpp-python's own LLaVA chat handler on the same files "
+            "and threads (its encoder and "
             "prefill happen inside one call, so only its time to first token is known). Times are medians over the "
             "questions; accuracy per question type as correct/total.",
             "docs/bench/quality/quality.md"),

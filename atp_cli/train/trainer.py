@@ -22,6 +22,7 @@ import torch
 
 from atp_cli.errors import InputError
 from atp_cli.image_input import load_image, pixel_values
+from atp_cli.pruning.atp import ThresholdMLP
 from atp_cli.pruning.config import AtpConfig, default_boundaries
 from atp_cli.pruning.store import AtpWeights, save_safetensors
 from atp_cli.train import lora
@@ -80,6 +81,8 @@ def _llm_params(model, cfg: TrainConfig) -> list[torch.nn.Parameter]:
 def train(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(),
           on_step: Callable[[StepLog], None] | None = None, save_model: str | Path | None = None) -> AtpWeights:
     checkpoint = Path(checkpoint)
+    if cfg.start_thresholds is not None:
+        ThresholdMLP.constant(*cfg.start_thresholds)  # refuses impossible thresholds before the model loads
     samples = load_samples(data)
     model, tokenizer, device = load_model(checkpoint, cfg.seed)
     n_layer = model.config.text_config.num_hidden_layers
