@@ -44,11 +44,14 @@ CALIBRATION_PROMPTS = 8
 CONSTANT_THETA_SP = 0.8  # s_sp > 0.8: the grids of strides 4, 6 and 8 (48 of 576 tokens) always survive
 
 
+def layout(pipe: Pipeline, bounds: tuple[int, ...]) -> AtpConfig:
+    """An ATP configuration with these boundaries for the pipeline's model (its visual grid, if the mmproj says)."""
+    return AtpConfig(pipe.model.n_layer, bounds, grid=pipe.weights.config.grid if pipe.weights else None)
+
+
 def training_free(pipe: Pipeline, bounds: tuple[int, ...], budget: float, prompts: list) -> AtpFreeStrategy:
     """atp-free with these boundaries, its mass level bisected to meet `budget` on `prompts`."""
-    grid = pipe.weights.config.grid if pipe.weights else None
-    config, cal = calibrate_pipeline(pipe, prompts, budget, DEFAULT_FREE_STRIDES,
-                                     config=AtpConfig(pipe.model.n_layer, bounds, grid=grid))
+    config, cal = calibrate_pipeline(pipe, prompts, budget, DEFAULT_FREE_STRIDES, config=layout(pipe, bounds))
     print(f"  {bounds}: mass level {cal.mass[0]:.3f} -> {cal.achieved:.1f} tokens on the calibration prompts",
           flush=True)
     return AtpFreeStrategy(config, list(cal.mass), list(cal.stride), pipe.n_visual)
@@ -57,8 +60,7 @@ def training_free(pipe: Pipeline, bounds: tuple[int, ...], budget: float, prompt
 def constant_thresholds(pipe: Pipeline, bounds: tuple[int, ...], budget: float, prompts: list) -> AtpStrategy:
     """ATP's keep rule with the same thresholds for every image and module: theta_sp = CONSTANT_THETA_SP, theta_r
     bisected (as theta_r = -ln(level)) to meet `budget` on `prompts`."""
-    grid = pipe.weights.config.grid if pipe.weights else None
-    config = AtpConfig(pipe.model.n_layer, bounds, grid=grid)
+    config = layout(pipe, bounds)
 
     def strategy(level: float) -> AtpStrategy:
         mlp = ThresholdMLP.constant(-np.log(level), CONSTANT_THETA_SP)
