@@ -117,6 +117,9 @@ def test_quality_rows_measure_each_plan(folder, split):
         assert sum(c for c, _ in r.by_kind.values()) == round(r.accuracy * r.n)
         assert sum(t for _, t in r.by_kind.values()) == len(split)
         assert r.peak_rss_mib > 0 and (r.ttft_s > 0 or r is blind)
+        assert len(r.correct) == r.n and sum(r.correct) == round(r.accuracy * r.n)
+        # retained is against the unpruned row on the same questions (undefined while it gets nothing right)
+        assert r.retained == (pytest.approx(r.accuracy / none.accuracy) if none.accuracy else None)
 
 
 @pytest.mark.filterwarnings("error:No artists")  # every row must reach the plots

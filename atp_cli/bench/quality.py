@@ -1,6 +1,7 @@
 """Accuracy and cost of strategies x budgets on a question split, through the Pipeline a user runs.
 
-Per row: exact-match accuracy (and per question type), agreement with the unpruned answer, visual tokens
+Per row: exact-match accuracy (and per question type), agreement with the unpruned answer, the share of the
+unpruned row's accuracy it keeps (with a paired bootstrap interval over the questions), visual tokens
 averaged over all layers (paper metric) and entering the language model, vision-encoder time, prefill, time to
 first token, decode speed, KV in use and peak RSS. The stock llama-cpp-python row (atp_cli.bench.peer) answers
 the same questions on the same files and threads.
@@ -9,9 +10,13 @@ the same questions on the same files and threads.
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.stats import bootstrap
 
 from atp_cli.bench.memory import PeakRss
 from atp_cli.bench.peer import StockLlava
@@ -42,6 +47,8 @@ class Row:
     n: int = 0
     accuracy: float = 0.0
     agreement: float = 0.0  # answers equal (normalised) to the unpruned atp answer on the same question
+    retained: float | None = None  # accuracy / the unpruned row's accuracy (None: that row got nothing right)
+    retained_ci: tuple[float, float] | None = None  # 95 % paired bootstrap interval of `retained`
     tokens_avg: float = 0.0  # visual tokens averaged over all decoder layers
     visual_in: float = 0.0  # visual tokens entering the language model
     encode_s: float | None = None
@@ -52,6 +59,7 @@ class Row:
     peak_rss_mib: float = 0.0
     by_kind: dict[str, list[int]] = field(default_factory=dict)
     answers: list[str] = field(default_factory=list)
+    correct: list[bool] = field(default_factory=list)  # per question, in split order
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -84,12 +92,42 @@ class _Samples:
             kinds[kind][1] += 1
         row.by_kind = dict(sorted(kinds.items()))
         row.answers = self.answers
+        row.correct = self.correct
         for key in ("tokens_avg", "visual_in"):
             setattr(row, key, statistics.fmean(self.values[key]))
         for key in ("encode_s", "prefill_s", "ttft_s", "decode_tok_s", "kv_mib"):
             if key in self.values:
                 setattr(row, key, statistics.median(self.values[key]))
         return row
+
+
+def paired_retention(correct: Sequence[bool], reference: Sequence[bool], confidence: float = 0.95,
+                     resamples: int = 4000, seed: int = 0) -> tuple[float | None, tuple[float, float] | None]:
+    """Accuracy of `correct` over that of `reference` (the same questions), and a bootstrap interval for it.
+
+    Both rows answered the same questions, so the interval resamples questions and keeps each question's pair of
+    outcomes together (paired): a hard question drawn twice is hard for both rows, and only the questions the rows
+    disagree on widen it. With ~100 questions one question moves the ratio by a few points, which is why a
+    retention figure needs its interval. (None, None) when the reference got nothing right; the interval is None
+    when every resample gives the same ratio or some resample leaves the reference with nothing right.
+    """
+    ours, ref = np.asarray(correct, float), np.asarray(reference, float)
+    if ours.shape != ref.shape or ours.ndim != 1:
+        raise ValueError(f"paired rows need the same questions: {ours.shape} vs {ref.shape}")
+    if not ref.sum():
+        return None, None
+    point = float(ours.mean() / ref.mean())
+
+    def ratio(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return a.mean(axis) / b.mean(axis)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate samples (every ratio equal) are reported as None below
+        res = bootstrap((ours, ref), ratio, paired=True, vectorized=True, confidence_level=confidence,
+                        n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return point, ((low, high) if np.isfinite([low, high]).all() and low < high else None)
 
 
 def strategy_params(pipe: Pipeline, plan: Plan, calibration: Sequence[dict]) -> dict:
@@ -177,4 +215,6 @@ def run_quality(pipe: Pipeline, rows: Sequence[dict], plans: Sequence[Plan], pee
         out.append(run_peer(peer, rows, pipe.n_visual, reference, tick))
     if blind:
         out.append(run_blind(pipe, rows, reference, tick))
+    for row in out:
+        row.retained, row.retained_ci = paired_retention(row.correct, out[0].correct)
     return out

@@ -47,19 +47,28 @@ def _f(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _retained(row: dict) -> str:
+    """`retained` as a percentage with its interval, e.g. "95.0 % (87.5-102.6)"; rows from older files lack it."""
+    if row.get("retained") is None:
+        return "-"
+    ci = row.get("retained_ci")
+    return f"{100 * row['retained']:.1f} %" + (f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})" if ci else "")
+
+
 def quality_table(rows: list[dict], peer: str = PEER) -> str:
     """One line per row; TTFT speed-up is against the stock peer's row when it was run."""
     kinds = sorted({k for r in rows for k in r["by_kind"]})
     stock_ttft = next((r["ttft_s"] for r in rows if r["strategy"] == peer), None)
-    head = ("| strategy | budget | avg visual tokens | tokens into LLM | accuracy | agreement | encode s | prefill s "
-            "| TTFT s | TTFT speed-up vs stock | decode tok/s | KV MiB | peak RSS MiB | " + " | ".join(kinds) + " |")
-    lines = [head, "|" + "---|" * (13 + len(kinds))]
+    head = ("| strategy | budget | avg visual tokens | tokens into LLM | accuracy | retained (95 % CI) | agreement "
+            "| encode s | prefill s | TTFT s | TTFT speed-up vs stock | decode tok/s | KV MiB | peak RSS MiB | "
+            + " | ".join(kinds) + " |")
+    lines = [head, "|" + "---|" * (14 + len(kinds))]
     for r in rows:
         speedup = stock_ttft / r["ttft_s"] if stock_ttft and r["ttft_s"] else None
         cells = " | ".join("{}/{}".format(*r["by_kind"][k]) if k in r["by_kind"] else "-" for k in kinds)
         lines.append(
             f"| {r['strategy']} | {_f(r['budget'], '.0f')} | {r['tokens_avg']:.0f} | {r['visual_in']:.0f} "
-            f"| {100 * r['accuracy']:.1f} % | {100 * r['agreement']:.1f} % | {_f(r['encode_s'], '.3f')} "
+            f"| {100 * r['accuracy']:.1f} % | {_retained(r)} | {100 * r['agreement']:.1f} % | {_f(r['encode_s'], '.3f')} "
             f"| {_f(r['prefill_s'], '.3f')} | {r['ttft_s']:.3f} | {_f(speedup, '.2f')} | {_f(r['decode_tok_s'], '.1f')} "
             f"| {r['kv_mib']:.2f} "
             f"| {r['peak_rss_mib']:.0f} | {cells} |")
