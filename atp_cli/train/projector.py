@@ -20,7 +20,7 @@ import torch
 from atp_cli.errors import InputError
 from atp_cli.image_input import load_image, pixel_values
 from atp_cli.train import lora
-from atp_cli.train.data import PackedTokens, Sample, encode_packed, load_samples
+from atp_cli.train.data import PackedTokens, Sample, encode_packed, load_samples, rebalance_turns
 from atp_cli.train.model_io import bf16_is_fast, copy_side_files, image_setup, load_model
 from atp_cli.train.trainer import StepLog
 
@@ -39,6 +39,7 @@ class ProjectorConfig:
     warmup: int = 10  # steps of linear learning-rate warm-up; constant after it
     resume_from: Path | None = None  # a previous run's `out`: continue from its snapshot up to `steps` in all
     resumed_steps: int | None = None  # steps behind that snapshot, when it has no trainer_state.pt to say so
+    rebalance: bool = False  # thin later turns whose answers are skewed against first turns (data.rebalance_turns)
 
 
 def tower_features(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -139,6 +140,8 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     Writes projector.safetensors (and lora.safetensors) to `out`; without LoRA also the whole checkpoint."""
     checkpoint, out = Path(checkpoint), Path(out)
     samples = load_samples(data)
+    if cfg.rebalance:
+        samples = rebalance_turns(samples, cfg.seed)
     held_out = load_samples(validation) if validation is not None else []
     model, tokenizer, device = load_model(checkpoint, cfg.seed)
     size, n_visual, mean, std = image_setup(model, checkpoint)
