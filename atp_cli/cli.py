@@ -228,11 +228,15 @@ def data(out: Path, split: str, count: int, start: int, source: str, photos: boo
 @cli.command("default-model")
 @click.option("--out", type=click.Path(path_type=Path), help="Folder to write (default: ~/.cache/atp/default-model).")
 @click.option("--force", is_flag=True, help="Rebuild even if the folder exists.")
-def default_model(out: Path | None, force: bool) -> None:
+@click.option("--artifacts", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Trained artifacts to assemble (projector, lora, atp .safetensors; default: the committed ones).")
+def default_model(out: Path | None, force: bool, artifacts: Path | None) -> None:
     """Assemble the default model (DINOv2-S + trained projector + SmolLM2-135M + ATP) from packaged weights."""
-    from atp_cli.default_model import DEFAULT_DIR, build_default_model
+    from atp_cli.default_model import ARTIFACTS, DEFAULT_DIR, build_default_model
 
-    click.echo(f"default model in {build_default_model(out or DEFAULT_DIR, force)}")
+    if artifacts is not None and out is None:
+        raise click.UsageError("--artifacts needs --out: the default folder holds the committed artifacts' model")
+    click.echo(f"default model in {build_default_model(out or DEFAULT_DIR, force, artifacts or ARTIFACTS)}")
 
 
 def _int_tuple(text: str | None) -> tuple[int, ...] | None:

@@ -85,20 +85,22 @@ ATP_WEIGHTS = ARTIFACTS / "atp.safetensors"
 DEFAULT_DIR = Path("~/.cache/atp/default-model").expanduser()
 
 
-def artifacts_digest() -> str:
-    """Hash of the committed trained artifacts: a cached default model built from other artifacts is rebuilt."""
+def artifacts_digest(artifacts: Path = ARTIFACTS) -> str:
+    """Hash of the trained artifacts in `artifacts`: a cached default model built from other artifacts is rebuilt."""
     import hashlib
 
     h = hashlib.sha256()
-    for path in (PROJECTOR, LORA, ATP_WEIGHTS):
-        h.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    for name in (PROJECTOR.name, LORA.name, ATP_WEIGHTS.name):
+        path = artifacts / name
+        h.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
     return h.hexdigest()
 
 
-def build_default_model(out: Path = DEFAULT_DIR, force: bool = False) -> Path:
-    """Assemble the default model folder (model GGUF + mmproj with ATP data) from package weights and the
-    committed artifacts; nothing is trained here. With LoRA adapters the merged language model is converted
-    (q8_0); without them the packaged SmolLM2 GGUF is used as it is."""
+def build_default_model(out: Path = DEFAULT_DIR, force: bool = False, artifacts: Path = ARTIFACTS) -> Path:
+    """Assemble the default model folder (model GGUF + mmproj with ATP data) from package weights and the trained
+    artifacts (the committed ones, or a training run's `--artifacts` folder, to measure it exactly as the default
+    model is measured); nothing is trained here. With LoRA adapters the merged language model is converted (q8_0);
+    without them the packaged SmolLM2 GGUF is used as it is."""
     import tempfile
 
     from atp_cli.assets import smollm2_gguf
@@ -106,16 +108,17 @@ def build_default_model(out: Path = DEFAULT_DIR, force: bool = False) -> Path:
     from atp_cli.pruning.store import load_safetensors
     from converters.convert import ConvertOptions, convert
 
+    projector, lora_file, atp_file = (artifacts / p.name for p in (PROJECTOR, LORA, ATP_WEIGHTS))
     stamp = out / "artifacts.sha256"
-    if out.is_dir() and not force and stamp.is_file() and stamp.read_text() == artifacts_digest():
+    if out.is_dir() and not force and stamp.is_file() and stamp.read_text() == artifacts_digest(artifacts):
         return out
-    if not PROJECTOR.is_file():
-        raise ModelError(f"the trained projector {PROJECTOR} is missing; train it with scripts/train_default_model.py")
-    weights = load_safetensors(ATP_WEIGHTS) if ATP_WEIGHTS.is_file() else None
-    lora = LORA if LORA.is_file() else None
+    if not projector.is_file():
+        raise ModelError(f"the trained projector {projector} is missing; train it with scripts/train_default_model.py")
+    weights = load_safetensors(atp_file) if atp_file.is_file() else None
+    lora = lora_file if lora_file.is_file() else None
     llm = ConvertOptions(outtype="q8_0") if lora else ConvertOptions(llm_gguf=smollm2_gguf())
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = assemble_checkpoint(Path(tmp) / "ckpt", PROJECTOR, lora_path=lora)
+        ckpt = assemble_checkpoint(Path(tmp) / "ckpt", projector, lora_path=lora)
         convert(ckpt, out, replace(llm, atp=weights, force=True, image_size=IMAGE_SIZE))
-    stamp.write_text(artifacts_digest())
+    stamp.write_text(artifacts_digest(artifacts))
     return out

@@ -47,3 +47,17 @@ def test_demo_rejects_bad_keep_ratio(ratio):
 
     res = run("demo", "--keep-ratio", ratio)
     assert isinstance(res.exception, InputError)
+
+
+def test_default_model_from_other_artifacts_needs_their_projector_and_its_own_folder(tmp_path):
+    import click
+
+    from atp_cli.errors import ModelError
+
+    empty = tmp_path / "artifacts"
+    empty.mkdir()
+    res = run("default-model", "--artifacts", str(empty))
+    assert isinstance(res.exception, click.UsageError) and "--out" in str(res.exception)
+    res = run("default-model", "--artifacts", str(empty), "--out", str(tmp_path / "model"))
+    assert isinstance(res.exception, ModelError) and "projector" in str(res.exception)
+    assert not (tmp_path / "model").exists()  # nothing written for artifacts that cannot make a model

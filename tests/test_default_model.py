@@ -31,3 +31,15 @@ def test_default_model_answers_with_576_visual_tokens(tmp_path):
     (folder / "artifacts.sha256").write_text("other artifacts")
     build_default_model(folder)  # artifacts changed: rebuilt
     assert next(folder.glob("model-*.gguf")).stat().st_mtime_ns != built
+
+
+def test_artifacts_digest_follows_the_folder_it_reads(tmp_path):
+    import shutil
+
+    from atp_cli.default_model import ARTIFACTS, artifacts_digest
+
+    other = tmp_path / "run"
+    shutil.copytree(ARTIFACTS, other)
+    assert artifacts_digest(other) == artifacts_digest()
+    (other / "atp.safetensors").unlink()  # a run without ATP modules
+    assert artifacts_digest(other) != artifacts_digest()
