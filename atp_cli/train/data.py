@@ -93,7 +93,7 @@ def _keep_rates(first: Counter, later: Counter) -> dict[str, float] | None:
         return None
     ratio = {a: (first[a] / n_first) / (later[a] / n_later) for a in later}
     top = max(ratio.values())
-    return {a: r / top for a, r in ratio.items()} if top > 0 else None
+    return {a: r / top if top else 0.0 for a, r in ratio.items()}
 
 
 def rebalance_turns(samples: list[Sample], seed: int = 0) -> list[Sample]:
@@ -109,14 +109,16 @@ def rebalance_turns(samples: list[Sample], seed: int = 0) -> list[Sample]:
     firsts, laters = _answer_shares(samples, True), _answer_shares(samples, False)
     rates = {kind: _keep_rates(firsts[kind], later) for kind, later in laters.items() if kind in firsts}
     rng = random.Random(seed)
+
+    def keep(s: Sample, k: int) -> bool:
+        rate = rates.get(s.kinds[k]) if 0 < k < len(s.kinds) else None  # None: a first or untyped turn
+        return rate is None or rng.random() < rate.get(s.turns[k][1].lower(), 0.0)
+
     out = []
     for s in samples:
-        kept = [k for k, kind in enumerate(s.kinds[: len(s.turns)])
-                if k == 0 or rates.get(kind) is None or rng.random() < rates[kind].get(s.turns[k][1].lower(), 0.0)]
-        kept += list(range(len(s.kinds), len(s.turns)))  # turns without a named type
-        out.append(s if len(kept) == len(s.turns) else
-                   replace(s, turns=tuple(s.turns[k] for k in kept), kinds=tuple(s.kinds[k] for k in kept
-                                                                                  if k < len(s.kinds))))
+        kept = [k for k in range(len(s.turns)) if keep(s, k)]
+        out.append(s if len(kept) == len(s.turns) else replace(
+            s, turns=tuple(s.turns[k] for k in kept), kinds=tuple(s.kinds[k] for k in kept if k < len(s.kinds))))
     return out
 
 
