@@ -85,14 +85,19 @@ ATP_WEIGHTS = ARTIFACTS / "atp.safetensors"
 DEFAULT_DIR = Path("~/.cache/atp/default-model").expanduser()
 
 
+def artifact_paths(artifacts: Path = ARTIFACTS) -> tuple[Path, Path, Path]:
+    """The projector, LoRA and ATP files a folder of trained artifacts holds (or would hold), by the names the
+    committed ones have."""
+    return tuple(artifacts / p.name for p in (PROJECTOR, LORA, ATP_WEIGHTS))  # type: ignore[return-value]
+
+
 def artifacts_digest(artifacts: Path = ARTIFACTS) -> str:
     """Hash of the trained artifacts in `artifacts`: a cached default model built from other artifacts is rebuilt."""
     import hashlib
 
     h = hashlib.sha256()
-    for name in (PROJECTOR.name, LORA.name, ATP_WEIGHTS.name):
-        path = artifacts / name
-        h.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    for path in artifact_paths(artifacts):
+        h.update(path.name.encode() + (path.read_bytes() if path.is_file() else b"-"))
     return h.hexdigest()
 
 
@@ -108,7 +113,7 @@ def build_default_model(out: Path = DEFAULT_DIR, force: bool = False, artifacts:
     from atp_cli.pruning.store import load_safetensors
     from converters.convert import ConvertOptions, convert
 
-    projector, lora_file, atp_file = (artifacts / p.name for p in (PROJECTOR, LORA, ATP_WEIGHTS))
+    projector, lora_file, atp_file = artifact_paths(artifacts)
     stamp = out / "artifacts.sha256"
     if out.is_dir() and not force and stamp.is_file() and stamp.read_text() == artifacts_digest(artifacts):
         return out

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_cli.data.mix import SOURCES, make_mixed_example, write_mixed_split  # noqa: E402
-from atp_cli.default_model import ARTIFACTS, ATP_WEIGHTS, LORA, PROJECTOR, assemble_checkpoint  # noqa: E402
+from atp_cli.default_model import ARTIFACTS, artifact_paths, assemble_checkpoint  # noqa: E402
 from atp_cli.train.align import AlignConfig, align_projector  # noqa: E402
 from atp_cli.train.projector import ProjectorConfig, train_projector  # noqa: E402
 from atp_cli.train.trainer import StepLog, TrainConfig, train  # noqa: E402
@@ -126,7 +126,7 @@ def main() -> None:
                     help="stage 1: the tower hidden state(s) the projector reads (several: concatenated, ascending); "
                          "later stages read them from the projector file")
     args = ap.parse_args()
-    projector, lora, atp = (args.artifacts / p.name for p in (PROJECTOR, LORA, ATP_WEIGHTS))
+    projector, lora, atp = artifact_paths(args.artifacts)
     args.artifacts.mkdir(parents=True, exist_ok=True)
     stages = {int(s) for s in args.stages.split(",") if s.strip()}
     sources = tuple(SOURCES)

@@ -73,7 +73,7 @@ def load_samples(path: str | Path) -> list[Sample]:
 SKEW = 0.2  # total variation between a type's first-turn and later-turn answers above which later turns are thinned
 
 
-def _answer_shares(samples: list[Sample], first: bool) -> dict[str, Counter]:
+def answer_shares(samples: list[Sample], first: bool) -> dict[str, Counter]:
     """Per question type, how often each answer occurs among first turns (first=True) or among later turns."""
     shares: dict[str, Counter] = {}
     for s in samples:
@@ -83,14 +83,19 @@ def _answer_shares(samples: list[Sample], first: bool) -> dict[str, Counter]:
     return shares
 
 
+def skew(first: Counter, later: Counter) -> float:
+    """Total-variation distance between two answer distributions given as counts: 0 alike, 1 disjoint."""
+    n_first, n_later = sum(first.values()), sum(later.values())
+    return 0.5 * sum(abs(first[a] / n_first - later[a] / n_later) for a in set(first) | set(later))
+
+
 def _keep_rates(first: Counter, later: Counter) -> dict[str, float] | None:
     """Rejection-sampling rates that bring `later`'s answers to `first`'s shares, or None when they already agree
     within SKEW. An answer later turns give but first turns never do is dropped; the most under-represented one
     present keeps every turn."""
-    n_first, n_later = sum(first.values()), sum(later.values())
-    answers = set(first) | set(later)
-    if 0.5 * sum(abs(first[a] / n_first - later[a] / n_later) for a in answers) <= SKEW:
+    if skew(first, later) <= SKEW:
         return None
+    n_first, n_later = sum(first.values()), sum(later.values())
     ratio = {a: (first[a] / n_first) / (later[a] / n_later) for a in later}
     top = max(ratio.values())
     return {a: r / top if top else 0.0 for a, r in ratio.items()}
@@ -106,7 +111,7 @@ def rebalance_turns(samples: list[Sample], seed: int = 0) -> list[Sample]:
     skewed type is kept with a probability (seeded) that gives its answers the first turns' shares; first turns,
     types that agree within SKEW, and records without question types are kept as they are.
     """
-    firsts, laters = _answer_shares(samples, True), _answer_shares(samples, False)
+    firsts, laters = answer_shares(samples, True), answer_shares(samples, False)
     rates = {kind: _keep_rates(firsts[kind], later) for kind, later in laters.items() if kind in firsts}
     rng = random.Random(seed)
 
