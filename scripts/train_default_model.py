@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--resumed-steps", type=int,
                     help="the steps behind that snapshot, if it predates trainer_state.pt")
     ap.add_argument("--validate-every", type=int, default=50, help="stage 2 steps between validations")
+    ap.add_argument("--decay-from", type=int,
+                    help="stage 2: from this step on the learning rates fall linearly to 0 at --lora-steps "
+                         "(warm-up, stable, decay; a constant-rate snapshot resumes into its decay)")
     ap.add_argument("--rebalance-turns", action="store_true",
                     help="stage 2: thin later turns whose answers are skewed against first turns (mostly 'one' "
                          "for counts; atp_cli.train.data.rebalance_turns)")
@@ -134,7 +137,8 @@ def main() -> None:
     val = split_once(args.work / "val", "val", args.val_images, sources, args.turns)
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
                              validate_every=args.validate_every, resume_from=args.work / "lora" if args.resume else None,
-                             resumed_steps=args.resumed_steps, rebalance=args.rebalance_turns)
+                             resumed_steps=args.resumed_steps, rebalance=args.rebalance_turns,
+                             decay_from=args.decay_from)
     if 1 in stages:
         base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=args.feature_layer)
         shown = [make_mixed_example("train", i) for i in range(args.align_images)]

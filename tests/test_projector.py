@@ -14,7 +14,8 @@ from atp_cli.errors import InputError, ModelError  # noqa: E402
 from atp_cli.image_input import load_image, pixel_values  # noqa: E402
 from atp_cli.train.data import encode_packed, encode_sample, load_samples  # noqa: E402
 from atp_cli.train.model_io import image_setup, load_model  # noqa: E402
-from atp_cli.train.projector import FeatureCache, ProjectorConfig, packed_loss, train_projector  # noqa: E402
+from atp_cli.train.projector import (FeatureCache, ProjectorConfig, lr_factor, packed_loss,  # noqa: E402
+                                     train_projector)
 from tests.tiny_llava import build_tiny_llava, write_colour_records  # noqa: E402
 
 
@@ -129,3 +130,31 @@ def test_resuming_needs_the_snapshots_step_and_a_matching_adapter(setup, tmp_pat
     train_projector(ckpt, data, tmp_path / "more", ProjectorConfig(**{**vars(cfg), "steps": 3, "resume_from": out,
                                                                      "resumed_steps": 2}), on_step=seen.append)
     assert [s.step for s in seen] == [2]
+
+
+def test_the_learning_rate_warms_up_stays_and_decays_to_zero_at_the_last_step():
+    kept = ProjectorConfig(steps=10, warmup=4)
+    assert [lr_factor(k, kept) for k in range(10)] == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 7)
+    decayed = ProjectorConfig(steps=10, warmup=4, decay_from=6)
+    assert [lr_factor(k, decayed) for k in range(10)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1, 1, 0.75, 0.5, 0.25])
+    assert lr_factor(9, ProjectorConfig(steps=10, warmup=1, decay_from=0)) == pytest.approx(0.1)
+
+
+def test_a_constant_rate_snapshot_resumes_into_its_decay_as_one_decayed_run(setup, tmp_path):
+    ckpt, data = setup
+    cfg = ProjectorConfig(steps=4, accumulate=2, lr=0.0, llm_lr=1e-2, lora_rank=4, save_every=2, warmup=1,
+                          decay_from=2)
+    whole = []
+    straight = train_projector(ckpt, data, tmp_path / "straight", cfg, on_step=whole.append)
+    train_projector(ckpt, data, tmp_path / "split", ProjectorConfig(**{**vars(cfg), "steps": 2, "decay_from": None}))
+    rest = []
+    resumed = train_projector(ckpt, data, tmp_path / "split",
+                              ProjectorConfig(**{**vars(cfg), "resume_from": tmp_path / "split"}), on_step=rest.append)
+    assert [s.loss for s in rest] == pytest.approx([s.loss for s in whole[2:]], rel=1e-5)
+    a, b = load_file(str(straight / "lora.safetensors")), load_file(str(resumed / "lora.safetensors"))
+    assert all(np.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+    constant = train_projector(ckpt, data, tmp_path / "constant", ProjectorConfig(**{**vars(cfg), "decay_from": None}))
+    c = load_file(str(constant / "lora.safetensors"))
+    assert not all(np.allclose(a[k], c[k], rtol=1e-5, atol=1e-7) for k in a)  # the decay did change the updates
+    with pytest.raises(InputError, match="decay_from"):
+        train_projector(ckpt, data, tmp_path / "bad", ProjectorConfig(**{**vars(cfg), "decay_from": 4}))

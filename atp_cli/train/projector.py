@@ -37,6 +37,7 @@ class ProjectorConfig:
     bf16: bool = False  # bfloat16 autocast for the language model where the hardware has it (bf16_is_fast)
     validate_every: int = 50  # steps between measurements on the validation records (when given)
     warmup: int = 10  # steps of linear learning-rate warm-up; constant after it
+    decay_from: int | None = None  # from this step on, the learning rates fall linearly to 0 at `steps` (None: kept)
     resume_from: Path | None = None  # a previous run's `out`: continue from its snapshot up to `steps` in all
     resumed_steps: int | None = None  # steps behind that snapshot, when it has no trainer_state.pt to say so
     rebalance: bool = False  # thin later turns whose answers are skewed against first turns (data.rebalance_turns)
@@ -103,6 +104,16 @@ class FeatureCache:
         return self._store[image]
 
 
+def lr_factor(step: int, cfg: ProjectorConfig) -> float:
+    """The learning rates' multiplier at optimiser step `step` (0-based): a linear warm-up, then constant, and with
+    `decay_from` a linear fall to zero over the last steps (warm-up, stable, decay). It depends on the step alone, so
+    a constant-rate snapshot can be resumed into its decay, and a resumed run equals an uninterrupted one."""
+    factor = min(1.0, (step + 1) / max(cfg.warmup, 1))
+    if cfg.decay_from is not None and step >= cfg.decay_from:
+        factor *= (cfg.steps - step) / (cfg.steps - cfg.decay_from)
+    return factor
+
+
 def _order(samples: list[Sample], seed: int):
     """Records in a fresh seeded permutation each epoch."""
     rng = random.Random(seed)
@@ -139,6 +150,8 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
 
     Writes projector.safetensors (and lora.safetensors) to `out`; without LoRA also the whole checkpoint."""
     checkpoint, out = Path(checkpoint), Path(out)
+    if cfg.decay_from is not None and not 0 <= cfg.decay_from < cfg.steps:
+        raise InputError(f"decay_from must lie in [0, steps = {cfg.steps}), got {cfg.decay_from}")
     samples = load_samples(data)
     if cfg.rebalance:
         samples = rebalance_turns(samples, cfg.seed)
@@ -159,7 +172,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
         raise InputError("nothing to train: the projector's learning rate is 0 and there are no LoRA adapters")
     opt = torch.optim.AdamW(groups)
     start = _resume(model, opt, cfg) if cfg.resume_from is not None else 0
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (start + k + 1) / max(cfg.warmup, 1)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(start + k, cfg))
     features = FeatureCache(model, size, mean, std)
     image_id = model.config.image_token_index
     records = _order(samples, cfg.seed)
