@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--per-image", type=int, default=2, help="questions asked per image")
     ap.add_argument("--budget", type=float, default=144.0)
     ap.add_argument("--variants", default="none,atp,uniform,free:5-14-23,free:2-10-20")
+    ap.add_argument("--calibrate-only", action="store_true",
+                    help="print each variant's calibrated level (e.g. const: theta_r for --start-thresholds) and "
+                         "score no questions")
     args = ap.parse_args()
     split = args.work / "val.jsonl"
     if not split.is_file():
@@ -115,6 +118,8 @@ def main() -> None:
     with Pipeline.from_dir(args.model, "none", PipelineConfig(max_tokens=8)) as pipe:
         for variant in args.variants.split(","):
             strategy = strategy_for(pipe, variant, args.budget, calibration[:CALIBRATION_PROMPTS])
+            if args.calibrate_only:
+                continue
             pipe.use_strategy(strategy)
             t0, kinds, tokens = time.perf_counter(), defaultdict(lambda: [0, 0]), []
             for r in rows:
