@@ -36,7 +36,8 @@ AVX512-BF16 (bfloat16 autocast) an optimiser step of 4 images x 8 questions take
 step of 4 questions about 15 s in stage 3; in float32 on an AVX2-only CPU a stage 2 step of 4 images x 8 questions
 took about 45 s and a stage 3 step about 35 s. Learning rates are constant after a 10-step warm-up, so a longer run's
 snapshot at step N (saved every 25 steps in --work, with the optimiser's state) equals a run of N steps, and
---resume continues it exactly. A GPU is used when present.
+--resume continues it exactly; --decay-from S lets them fall linearly to zero from step S on, and a snapshot of
+step S resumes into that decay. A GPU is used when present.
 """
 
 from __future__ import annotations
