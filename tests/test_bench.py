@@ -136,6 +136,7 @@ def test_cli_quality_writes_json_markdown_and_plots(folder, tmp_path, split):
     assert [(r["strategy"], r["budget"]) for r in payload["rows"]] == [("none", None), ("fastv", 24.0), ("fastv", 40.0),
                                                                            (BLIND, None)]
     assert "| fastv | 24 |" in (out / "quality.md").read_text()
+    assert payload["title"].endswith(f"2 questions of {data}")  # a given file, not a generated split, is named
     for png in ("accuracy_vs_tokens.png", "ttft_vs_tokens.png"):
         assert Image.open(out / png).size[0] > 100
 

@@ -92,7 +92,7 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
         if stock is not None:
             stock.close()
     dicts = [r.as_dict() for r in results]
-    title = f"{model_dir.name}: {len(rows)} {split} questions ({source})"
+    title = f"{model_dir.name}: {len(rows)} " + (f"questions of {data}" if data else f"{split} questions ({source})")
     payload = {"machine": report.machine(), "commit": report.commit(), "model": str(model_dir), "title": title,
                "rows": dicts}
     report.write_json(out / "quality.json", payload)
