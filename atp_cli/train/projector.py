@@ -36,7 +36,7 @@ class ProjectorConfig:
     llm_lr: float = 2e-4
     bf16: bool = False  # bfloat16 autocast for the language model where the hardware has it (bf16_is_fast)
     validate_every: int = 50  # steps between measurements on the validation records (when given)
-    warmup: int = 10  # steps of linear learning-rate warm-up; constant after it
+    warmup: int = 10  # steps of linear learning-rate warm-up; constant after it (up to decay_from)
     decay_from: int | None = None  # from this step on, the learning rates fall linearly to 0 at `steps` (None: kept)
     resume_from: Path | None = None  # a previous run's `out`: continue from its snapshot up to `steps` in all
     resumed_steps: int | None = None  # steps behind that snapshot, when it has no trainer_state.pt to say so
