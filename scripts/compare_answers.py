@@ -4,7 +4,8 @@
       docs/bench/test-300/quality.json:atp docs/bench/test-300/quality.json:none --kind fashion_count
 
 Runs over consecutive blocks of a split (`atp data --start`, then `atp bench quality --data`) combine: give each
-block's JSONL to its own --data, in order, and each row's runs in the same order, joined by commas (`a.json,b.json:atp`).
+block's JSONL to its own --data, in order, and each row's runs in the same order, joined by commas
+(`a.json,b.json:atp`).
 
 Prints each row's accuracy, the questions only one of them gets right, the first row's accuracy as a share of the
 second's with its paired bootstrap interval (`atp_cli.bench.quality.paired_retention`), and with --kind the answers

@@ -26,7 +26,8 @@ def test_blocks_join_in_order_with_their_own_questions(tmp_path):
     d1, b1 = _block(tmp_path, "one", ["yes", "no"])
     d2, b2 = _block(tmp_path, "two", ["no", "no", "yes"])
     questions, ours, theirs = answered([d1, d2], f"{b1},{b2}:a", f"{b1},{b2}:b")
-    assert [Path(q["image_path"]).name for q in questions] == ["one0.png", "one1.png", "two0.png", "two1.png", "two2.png"]
+    names = [Path(q["image_path"]).name for q in questions]
+    assert names == ["one0.png", "one1.png", "two0.png", "two1.png", "two2.png"]
     assert ours == ["yes", "no", "no", "no", "yes"] and theirs == ["yes"] * 5
 
 
