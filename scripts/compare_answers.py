@@ -75,7 +75,8 @@ def main() -> None:
           f"only for the reference: {sum(b and not a for a, b in zip(ours, theirs))}")
     retained, ci = paired_retention(ours, theirs)
     if retained is not None:
-        print(f"retained {100 * retained:.1f} %" + (f", 95 % interval {100 * ci[0]:.1f}-{100 * ci[1]:.1f} %" if ci else ""))
+        interval = f", 95 % interval {100 * ci[0]:.1f}-{100 * ci[1]:.1f} %" if ci else ""
+        print(f"retained {100 * retained:.1f} %{interval}")
     if args.kind:
         for name, given in ((label, answers), (ref_label, ref_answers)):
             tally = Counter(a for a, q in zip(given, questions) if q["kind"] == args.kind)
