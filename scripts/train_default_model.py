@@ -111,6 +111,9 @@ def main() -> None:
     ap.add_argument("--rebalance-turns", action="store_true",
                     help="stage 2: thin later turns whose answers are skewed against first turns (mostly 'one' "
                          "for counts; atp_cli.train.data.rebalance_turns)")
+    ap.add_argument("--weight-first-turns", action="store_true",
+                    help="stage 2: weight each turn's loss by its (type, answer)'s share among first turns over its "
+                         "share among all turns (atp_cli.train.data.first_turn_weights)")
     ap.add_argument("--atp-steps", type=int, default=50)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
@@ -139,7 +142,7 @@ def main() -> None:
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
                              validate_every=args.validate_every, resume_from=args.work / "lora" if args.resume else None,
                              resumed_steps=args.resumed_steps, rebalance=args.rebalance_turns,
-                             decay_from=args.decay_from)
+                             decay_from=args.decay_from, weight_first=args.weight_first_turns)
     if 1 in stages:
         base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=args.feature_layer)
         shown = [make_mixed_example("train", i) for i in range(args.align_images)]

@@ -158,3 +158,57 @@ def test_a_constant_rate_snapshot_resumes_into_its_decay_as_one_decayed_run(setu
     assert not all(np.allclose(a[k], c[k], rtol=1e-5, atol=1e-7) for k in a)  # the decay did change the updates
     with pytest.raises(InputError, match="decay_from"):
         train_projector(ckpt, data, tmp_path / "bad", ProjectorConfig(**{**vars(cfg), "decay_from": 4}))
+
+
+def test_a_turns_weight_scales_its_single_turn_loss(setup):
+    """Weight 1 on one turn and 0 on the others gives that turn's own loss (the model's single-turn forward)."""
+    ckpt, data = setup
+    model, tokenizer, _ = load_model(ckpt, 0)
+    size, n_visual, mean, std = image_setup(model, ckpt)
+    image_id = model.config.image_token_index
+    sample = load_samples(data)[2]
+    packed = encode_packed(tokenizer, sample, image_id, n_visual)
+    features = FeatureCache(model, size, mean, std)(sample.image).float()
+    pixels = torch.from_numpy(pixel_values(load_image(sample.image), size, mean, std))[None]
+    with torch.no_grad():
+        plain = packed_loss(model, packed, features)
+        ones = packed_loss(model, packed, features, np.ones(len(sample.turns)))
+        assert float(ones[0]) == pytest.approx(float(plain[0]), rel=1e-6) and ones[1] == plain[1]
+        for k, turn in enumerate(sample.turns):
+            total, count = packed_loss(model, packed, features, np.eye(len(sample.turns))[k] * 2.5)
+            tokens = encode_sample(tokenizer, type(sample)(sample.image, (turn,)), image_id, n_visual)
+            alone = model(input_ids=torch.from_numpy(tokens.input_ids)[None], pixel_values=pixels,
+                          labels=torch.from_numpy(tokens.labels)[None]).loss
+            assert count == pytest.approx(2.5 * int((tokens.labels != -100).sum()))
+            assert float(total) / count == pytest.approx(float(alone), rel=2e-3)
+
+
+def _typed(data, out, first_only: bool):
+    """`data`'s records with question types; the later turns' (type, answer) pairs are never a first turn's."""
+    import json
+
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    for r in records:
+        r["kinds"] = ["colour", "check", "colour"]
+        if first_only:
+            r["conversations"] = r["conversations"][:2]
+    out.write_text("\n".join(json.dumps(r) for r in records))
+    return out
+
+
+def test_weighting_toward_first_turns_trains_as_first_turns_alone_would(setup, tmp_path):
+    ckpt, data = setup
+    cfg = ProjectorConfig(steps=3, accumulate=2, lr=0.0, llm_lr=1e-2, lora_rank=4, warmup=1)
+    typed = _typed(data, data.parent / "typed.jsonl", first_only=False)
+    firsts = _typed(data, data.parent / "firsts.jsonl", first_only=True)
+    weighted, alone, plain = [], [], []
+    a = train_projector(ckpt, typed, tmp_path / "a", ProjectorConfig(**{**vars(cfg), "weight_first": True}),
+                        on_step=weighted.append)
+    b = train_projector(ckpt, firsts, tmp_path / "b", cfg, on_step=alone.append)
+    train_projector(ckpt, typed, tmp_path / "c", cfg, on_step=plain.append)
+    assert [s.loss for s in weighted] == pytest.approx([s.loss for s in alone], rel=2e-3)
+    assert [s.loss for s in plain] != pytest.approx([s.loss for s in alone], rel=2e-3)  # the later turns count
+    la, lb = load_file(str(a / "lora.safetensors")), load_file(str(b / "lora.safetensors"))
+    assert all(np.allclose(la[k], lb[k], rtol=1e-3, atol=1e-5) for k in la)
+    with pytest.raises(InputError, match="kinds"):
+        train_projector(ckpt, data, tmp_path / "untyped", ProjectorConfig(**{**vars(cfg), "weight_first": True}))

@@ -1,11 +1,15 @@
-"""Later turns of a skewed question type are thinned to the first turns' answer shares, nothing else changes."""
+"""First turns against later turns: later turns of a skewed question type are thinned to the first turns' answer
+shares (nothing else changes), or every turn is weighted toward the first turns' mix."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
-from atp_cli.train.data import Sample, rebalance_turns
+import pytest
+
+from atp_cli.errors import InputError
+from atp_cli.train.data import Sample, first_turn_weights, rebalance_turns, turn_weights
 
 
 def _sample(i: int, turns: list[tuple[str, str]], kinds: list[str]) -> Sample:
@@ -54,3 +58,43 @@ def test_balanced_types_and_untyped_turns_are_kept():
 def test_thinning_is_seeded():
     assert rebalance_turns(_records(), seed=3) == rebalance_turns(_records(), seed=3)
     assert rebalance_turns(_records(), seed=3) != rebalance_turns(_records(), seed=4)
+
+
+def test_weights_are_first_turn_share_over_all_turn_share():
+    samples = _records()
+    weights = first_turn_weights(samples)
+    # 121 first turns (50 "count one" + 1 more, 50 "count two", 20 colour) among 1242 typed turns
+    n_first, n_all = 121, 100 * 11 + 20 * 2 + 1
+    every_one = 51 + 9 * 100 - 90  # a later turn says "two" when k = i % 10 (k < 9): for 90 of the 100 records
+    assert weights["count", "one"] == pytest.approx((51 / n_first) / (every_one / n_all))
+    assert weights["count", "two"] > 1 > weights["count", "one"]  # later counts say "one" too often
+
+
+def test_weighted_turns_carry_the_first_turns_mix():
+    """Self-normalised: over every typed turn, the weighted share of each (type, answer) is its first-turn share."""
+    samples = _records()
+    weights = first_turn_weights(samples, cap=float("inf"))
+    mass: Counter = Counter()
+    for s in samples:
+        for w, kind, (_, answer) in zip(turn_weights(s, weights), s.kinds, s.turns):
+            mass[kind, answer] += w
+    firsts = Counter((s.kinds[0], s.turns[0][1]) for s in samples)
+    total_mass, total_first = sum(mass.values()), sum(firsts.values())
+    for pair, n in firsts.items():
+        assert mass[pair] / total_mass == pytest.approx(n / total_first)
+
+
+def test_rare_first_answers_are_capped_and_never_first_ones_weigh_nothing():
+    samples = [Sample(Path("a.png"), (("q", "hat"), ("q", "red")), ("text", "colour"))] + [
+        Sample(Path(f"{i}.png"), (("q", "red"), *(("q", "blue"),) * 9), ("colour",) * 10) for i in range(9)]
+    weights = first_turn_weights(samples, cap=3.0)
+    assert weights["text", "hat"] == 3.0  # 1/10 of first turns, 1/91 of all: 9.1 uncapped
+    assert weights["colour", "blue"] == 0.0  # never a first answer
+    assert list(turn_weights(samples[0], weights)) == [3.0, pytest.approx(weights["colour", "red"])]
+
+
+def test_untyped_turns_weigh_one_and_untyped_data_is_refused():
+    untyped = _records()[-1]  # its second turn has no type
+    assert turn_weights(untyped, first_turn_weights(_records()))[1] == 1.0
+    with pytest.raises(InputError, match="kinds"):
+        first_turn_weights([Sample(Path("a.png"), (("q", "a"),))])

@@ -20,7 +20,8 @@ import torch
 from atp_cli.errors import InputError
 from atp_cli.image_input import load_image, pixel_values
 from atp_cli.train import lora
-from atp_cli.train.data import PackedTokens, Sample, encode_packed, load_samples, rebalance_turns
+from atp_cli.train.data import (PackedTokens, Sample, encode_packed, first_turn_weights, load_samples,
+                                rebalance_turns, turn_weights)
 from atp_cli.train.model_io import bf16_is_fast, copy_side_files, image_setup, load_model
 from atp_cli.train.trainer import StepLog
 
@@ -41,6 +42,7 @@ class ProjectorConfig:
     resume_from: Path | None = None  # a previous run's `out`: continue from its snapshot up to `steps` in all
     resumed_steps: int | None = None  # steps behind that snapshot, when it has no trainer_state.pt to say so
     rebalance: bool = False  # thin later turns whose answers are skewed against first turns (data.rebalance_turns)
+    weight_first: bool = False  # weight each turn's loss toward the first turns' mix (data.first_turn_weights)
 
 
 def tower_features(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -73,10 +75,18 @@ def answer_logits(model, tokens: PackedTokens, features: torch.Tensor
     return model.lm_head(hidden[rows]).float(), labels[rows + 1], rows  # only the answer rows: the vocabulary is large
 
 
-def packed_loss(model, tokens: PackedTokens, features: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(summed cross-entropy of every answer token of the packed sequence, how many there are)."""
-    logits, targets, _ = answer_logits(model, tokens, features)
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), len(targets)
+def packed_loss(model, tokens: PackedTokens, features: torch.Tensor, weights: np.ndarray | None = None
+                ) -> tuple[torch.Tensor, float]:
+    """(summed cross-entropy of every answer token of the packed sequence, how many there are); with `weights`
+    (one per turn) each token's cross-entropy counts with its turn's weight, and the count is the weights' sum,
+    so that total / count stays a mean per answer token (a turn of weight 0 is as if it were not there)."""
+    logits, targets, rows = answer_logits(model, tokens, features)
+    per_token = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    if weights is None:
+        return per_token.sum(), len(targets)
+    turn = torch.from_numpy(tokens.block)[rows.cpu() + 1] - 1  # answer rows lie in turns 1..K
+    token_weights = torch.from_numpy(weights).to(per_token)[turn.to(per_token.device)]
+    return (per_token * token_weights).sum(), float(token_weights.sum())
 
 
 def turn_matches(model, tokens: PackedTokens, features: torch.Tensor, eos_id: int) -> list[bool]:
@@ -145,7 +155,8 @@ def validate(model, tokenizer, samples: list[Sample], visual: Callable[[Sample],
 def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: ProjectorConfig = ProjectorConfig(),
                     on_step: Callable[[StepLog], None] | None = None, validation: str | Path | None = None) -> Path:
     """Only the projector learns (tower and language model frozen), or with `lora_rank` > 0 the projector and
-    LoRA adapters of the language model; next-token loss on every answer of every record. With `validation`
+    LoRA adapters of the language model; next-token loss on every answer of every record (with `weight_first`
+    weighted toward the first turns' mix of types and answers). With `validation`
     records, every `validate_every` steps (and at the end) the step log carries greedy accuracy per type.
 
     Writes projector.safetensors (and lora.safetensors) to `out`; without LoRA also the whole checkpoint."""
@@ -155,6 +166,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     samples = load_samples(data)
     if cfg.rebalance:
         samples = rebalance_turns(samples, cfg.seed)
+    weights = first_turn_weights(samples) if cfg.weight_first else None
     held_out = load_samples(validation) if validation is not None else []
     model, tokenizer, device = load_model(checkpoint, cfg.seed)
     size, n_visual, mean, std = image_setup(model, checkpoint)
@@ -185,7 +197,8 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
             sample = next(records)
             tokens = encode_packed(tokenizer, sample, image_id, n_visual)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                total, count = packed_loss(model, tokens, features(sample.image))
+                total, count = packed_loss(model, tokens, features(sample.image),
+                                           turn_weights(sample, weights) if weights is not None else None)
             (total / count / cfg.accumulate).backward()
             losses.append(float(total.detach()) / count)
         opt.step()
