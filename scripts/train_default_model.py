@@ -37,7 +37,8 @@ step of 4 questions about 15 s in stage 3; in float32 on an AVX2-only CPU a stag
 took about 45 s and a stage 3 step about 35 s. Learning rates are constant after a 10-step warm-up, so a longer run's
 snapshot at step N (saved every 25 steps in --work, with the optimiser's state) equals a run of N steps, and
 --resume continues it exactly; --decay-from S lets them fall linearly to zero from step S on, and a snapshot of
-step S resumes into that decay. A GPU is used when present.
+step S resumes into that decay. --weight-first-turns weights each turn's loss toward the first questions' mix of
+types and answers (what evaluation asks; docs/TRAINING.md). A GPU is used when present.
 """
 
 from __future__ import annotations
