@@ -27,29 +27,36 @@ def setup(tmp_path_factory):
     return ckpt, data
 
 
-def test_packed_turns_equal_single_turn_examples(setup):
+def _one_record(setup, index: int):
+    """(model, record `index`, its packed tokens, its cached tower features, and `single(turn)`: the turn's
+    (mean answer-token loss, answer tokens) from the model's own single-turn forward, the independent reference)."""
     ckpt, data = setup
     model, tokenizer, _ = load_model(ckpt, 0)
     size, n_visual, mean, std = image_setup(model, ckpt)
     image_id = model.config.image_token_index
-    sample = load_samples(data)[1]
+    sample = load_samples(data)[index]
     packed = encode_packed(tokenizer, sample, image_id, n_visual)
-    assert (packed.block == 0).sum() > n_visual and packed.block.max() == len(sample.turns)
-    features = FeatureCache(model, size, mean, std)
+    features = FeatureCache(model, size, mean, std)(sample.image).float()
+    pixels = torch.from_numpy(pixel_values(load_image(sample.image), size, mean, std))[None]
+
+    def single(turn: tuple[str, str]) -> tuple[float, int]:
+        tokens = encode_sample(tokenizer, type(sample)(sample.image, (turn,)), image_id, n_visual)
+        loss = model(input_ids=torch.from_numpy(tokens.input_ids)[None], pixel_values=pixels,
+                     labels=torch.from_numpy(tokens.labels)[None]).loss
+        return float(loss), int((tokens.labels != -100).sum())
+
+    return model, sample, packed, features, single
+
+
+def test_packed_turns_equal_single_turn_examples(setup):
+    model, sample, packed, features, single = _one_record(setup, 1)
+    assert (packed.block == 0).sum() > len(packed.visual) and packed.block.max() == len(sample.turns)
     with torch.no_grad():
-        total, count = packed_loss(model, packed, features(sample.image).float())
-        singles, single_count = 0.0, 0
-        for turn in sample.turns:
-            one = type(sample)(sample.image, (turn,))
-            tokens = encode_sample(tokenizer, one, image_id, n_visual)
-            pixels = torch.from_numpy(pixel_values(load_image(sample.image), size, mean, std))[None]
-            n = int((tokens.labels != -100).sum())
-            loss = model(input_ids=torch.from_numpy(tokens.input_ids)[None], pixel_values=pixels,
-                         labels=torch.from_numpy(tokens.labels)[None]).loss
-            singles, single_count = singles + float(loss) * n, single_count + n
-    assert count == single_count
+        total, count = packed_loss(model, packed, features)
+        singles = [single(turn) for turn in sample.turns]
+    assert count == sum(n for _, n in singles)
     # the tower features are cached in float16; everything else is the same computation
-    assert float(total) == pytest.approx(singles, rel=2e-3)
+    assert float(total) == pytest.approx(sum(loss * n for loss, n in singles), rel=2e-3)
 
 
 def test_a_turn_never_sees_another_turn(setup):
@@ -162,25 +169,16 @@ def test_a_constant_rate_snapshot_resumes_into_its_decay_as_one_decayed_run(setu
 
 def test_a_turns_weight_scales_its_single_turn_loss(setup):
     """Weight 1 on one turn and 0 on the others gives that turn's own loss (the model's single-turn forward)."""
-    ckpt, data = setup
-    model, tokenizer, _ = load_model(ckpt, 0)
-    size, n_visual, mean, std = image_setup(model, ckpt)
-    image_id = model.config.image_token_index
-    sample = load_samples(data)[2]
-    packed = encode_packed(tokenizer, sample, image_id, n_visual)
-    features = FeatureCache(model, size, mean, std)(sample.image).float()
-    pixels = torch.from_numpy(pixel_values(load_image(sample.image), size, mean, std))[None]
+    model, sample, packed, features, single = _one_record(setup, 2)
     with torch.no_grad():
         plain = packed_loss(model, packed, features)
         ones = packed_loss(model, packed, features, np.ones(len(sample.turns)))
         assert float(ones[0]) == pytest.approx(float(plain[0]), rel=1e-6) and ones[1] == plain[1]
         for k, turn in enumerate(sample.turns):
             total, count = packed_loss(model, packed, features, np.eye(len(sample.turns))[k] * 2.5)
-            tokens = encode_sample(tokenizer, type(sample)(sample.image, (turn,)), image_id, n_visual)
-            alone = model(input_ids=torch.from_numpy(tokens.input_ids)[None], pixel_values=pixels,
-                          labels=torch.from_numpy(tokens.labels)[None]).loss
-            assert count == pytest.approx(2.5 * int((tokens.labels != -100).sum()))
-            assert float(total) / count == pytest.approx(float(alone), rel=2e-3)
+            alone, n = single(turn)
+            assert count == pytest.approx(2.5 * n)
+            assert float(total) / count == pytest.approx(alone, rel=2e-3)
 
 
 def _typed(data, out, first_only: bool):
