@@ -21,6 +21,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -81,9 +83,6 @@ def main() -> None:
     features = FeatureCache(model, size, mean, std)
     report("before", validate(model, tokenizer, load_samples(val), lambda s: features(s.image), n_visual))
     del model, features
-
-    import torch
-
     start = int(torch.load(snapshot / STATE, weights_only=True)["step"])
     cfg = ProjectorConfig(steps=start + args.steps, lr=0.0, llm_lr=args.llm_lr, lora_rank=16, bf16=False, seed=1,
                           validate_every=args.validate_every, resume_from=snapshot, save_every=10 ** 9)
