@@ -27,10 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atp_cli.data.mix import SOURCES, write_mixed_split  # noqa: E402
-from atp_cli.train import lora  # noqa: E402
 from atp_cli.train.data import load_samples  # noqa: E402
-from atp_cli.train.model_io import image_setup, load_model  # noqa: E402
-from atp_cli.train.projector import STATE, FeatureCache, ProjectorConfig, train_projector, validate  # noqa: E402
+from atp_cli.train.projector import STATE, ProjectorConfig, train_projector  # noqa: E402
+from scripts.snapshot_accuracy import score, summary  # noqa: E402
 
 
 def first_questions(src: Path, kind: str, out: Path) -> Path:
@@ -46,11 +45,6 @@ def first_questions(src: Path, kind: str, out: Path) -> Path:
         sys.exit(f"{src} has no record whose first question is {kind!r}")
     out.write_text("\n".join(kept) + "\n")
     return out
-
-
-def report(label: str, tally: dict[str, tuple[int, int]]) -> None:
-    right, asked = sum(r for r, _ in tally.values()), sum(n for _, n in tally.values())
-    print(f"{label}: {right}/{asked} = {right / asked:.1%}", flush=True)
 
 
 def main() -> None:
@@ -76,19 +70,16 @@ def main() -> None:
           + ", ".join(f"{a} {n}" for a, n in answers.most_common()), flush=True)
 
     checkpoint = args.work / "stage2-start"
-    model, tokenizer, _ = load_model(checkpoint, 0)
-    size, n_visual, mean, std = image_setup(model, checkpoint)
-    lora.inject(model.model.language_model, 16)
-    lora.load(model.model.language_model, snapshot / "lora.safetensors")
-    features = FeatureCache(model, size, mean, std)
-    report("before", validate(model, tokenizer, load_samples(val), lambda s: features(s.image), n_visual))
-    del model, features
+    print(f"before: {summary(score(checkpoint, snapshot / 'lora.safetensors', load_samples(val)))}", flush=True)
     start = int(torch.load(snapshot / STATE, weights_only=True)["step"])
     cfg = ProjectorConfig(steps=start + args.steps, lr=0.0, llm_lr=args.llm_lr, lora_rank=16, bf16=False, seed=1,
                           validate_every=args.validate_every, resume_from=snapshot, save_every=10 ** 9)
-    train_projector(checkpoint, train, snapshot, cfg, validation=val,
-                    on_step=lambda e: report(f"step {e.step + 1} (loss {e.loss:.3f})", e.validation)
-                    if e.validation else None)
+
+    def progress(entry) -> None:
+        if entry.validation:
+            print(f"step {entry.step + 1} (loss {entry.loss:.3f}): {summary(entry.validation)}", flush=True)
+
+    train_projector(checkpoint, train, snapshot, cfg, validation=val, on_step=progress)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,23 @@ from atp_cli.train.model_io import image_setup, load_model  # noqa: E402
 from atp_cli.train.projector import FeatureCache, validate  # noqa: E402
 
 
+def score(checkpoint: Path, adapters: Path, samples: list, rank: int = 16) -> dict[str, tuple[int, int]]:
+    """Greedy answers right per question type, (right, asked), of the checkpoint with the LoRA adapters applied."""
+    model, tokenizer, _ = load_model(checkpoint, 0)
+    size, n_visual, mean, std = image_setup(model, checkpoint)
+    lora.inject(model.model.language_model, rank)
+    lora.load(model.model.language_model, adapters)
+    model.eval()
+    features = FeatureCache(model, size, mean, std)
+    return validate(model, tokenizer, samples, lambda s: features(s.image), n_visual)
+
+
+def summary(tally: dict[str, tuple[int, int]]) -> str:
+    """'right/asked = rate: type right/asked ...'"""
+    right, asked = sum(r for r, _ in tally.values()), sum(n for _, n in tally.values())
+    return f"{right}/{asked} = {right / asked:.1%}: " + " ".join(f"{k} {r}/{n}" for k, (r, n) in tally.items())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, required=True, help="the llava-hf checkpoint stage 2 started from")
@@ -32,15 +49,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16, help="the adapters' rank")
     ap.add_argument("--data", type=Path, required=True, help="LLaVA-format JSONL to score")
     args = ap.parse_args()
-    model, tokenizer, _ = load_model(args.checkpoint, 0)
-    size, n_visual, mean, std = image_setup(model, args.checkpoint)
-    lora.inject(model.model.language_model, args.rank)
-    lora.load(model.model.language_model, args.lora)
-    model.eval()
-    features = FeatureCache(model, size, mean, std)
-    tally = validate(model, tokenizer, load_samples(args.data), lambda s: features(s.image), n_visual)
-    right, asked = sum(r for r, _ in tally.values()), sum(n for _, n in tally.values())
-    print(f"{right}/{asked} = {right / asked:.1%}: " + " ".join(f"{k} {r}/{n}" for k, (r, n) in tally.items()))
+    print(summary(score(args.checkpoint, args.lora, load_samples(args.data), args.rank)))
 
 
 if __name__ == "__main__":

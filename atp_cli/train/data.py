@@ -139,12 +139,11 @@ def first_turn_weights(samples: list[Sample], cap: float = WEIGHT_CAP) -> dict[t
     later count questions mostly answer "one" (weighted down). Unlike `rebalance_turns` no turn is dropped: a later
     turn costs almost nothing next to the image it shares, so it keeps contributing, only at its first-turn share.
     A pair never asked first gets weight 0."""
-    first: Counter = Counter()
-    every: Counter = Counter()
-    for s in samples:
-        for k, ((_, answer), kind) in enumerate(zip(s.turns, s.kinds)):
-            every[kind, answer.lower()] += 1
-            first[kind, answer.lower()] += int(k == 0)
+    def pairs(shares: dict[str, Counter]) -> Counter:
+        return Counter({(kind, answer): n for kind, counts in shares.items() for answer, n in counts.items()})
+
+    first = pairs(answer_shares(samples, True))
+    every = first + pairs(answer_shares(samples, False))
     n_first, n_all = sum(first.values()), sum(every.values())
     if n_first == 0:
         raise InputError("no typed first turns to weight toward (records need 'kinds')")
