@@ -25,23 +25,27 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from grounding_probe import oracle_model, train_on_oracle  # noqa: E402
-
 from atp_cli.data.mix import make_mixed_example  # noqa: E402
+from atp_cli.data.scenes import Example  # noqa: E402
 from atp_cli.train.align import WordTargets, target_words  # noqa: E402
 from atp_cli.train.data import Sample, load_samples  # noqa: E402
+from scripts.grounding_probe import oracle_model, train_on_oracle  # noqa: E402
 
 GRID = 24
 
 
+def example_of(sample: Sample) -> Example:
+    """The generated example behind a record of the mix: its image is `<split>/<index>.png`."""
+    return make_mixed_example(sample.image.parent.name, int(sample.image.stem))
+
+
 def oracle_tokens(words: WordTargets, positions: bool):
-    """sample -> (576, D) oracle rows, cached per image (the example is regenerated from the image's name)."""
+    """sample -> (576, D) oracle rows, cached per image."""
     cache: dict[Path, torch.Tensor] = {}
 
     def tokens_of(sample: Sample) -> torch.Tensor:
         if sample.image not in cache:
-            example = make_mixed_example(sample.image.parent.name, int(sample.image.stem))
-            cache[sample.image] = words(target_words(example, GRID, positions))
+            cache[sample.image] = words(target_words(example_of(sample), GRID, positions))
         return cache[sample.image]
 
     return tokens_of
