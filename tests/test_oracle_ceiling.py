@@ -10,7 +10,7 @@ from PIL import Image
 from atp_cli.data import mosaics
 from atp_cli.data.mix import write_mixed_split
 from atp_cli.data.scenes import PROMPT_SUFFIX
-from atp_cli.train.align import WordTargets
+from atp_cli.train.align import POSITION_WORDS, WordTargets
 from atp_cli.train.data import load_samples
 from scripts.oracle_ceiling import example_of, oracle_tokens
 from tests.test_mosaics import _synthetic
@@ -53,7 +53,7 @@ def test_oracle_rows_are_the_words_of_the_patch(tmp_path):
     words = example_of(sample).patch_words(24)
     assert rows.shape == (576, 64)
     for row, patch in zip(rows, words):
-        kept = [w for w in patch if w not in {"top", "bottom", "left", "right"}]
+        kept = [w for w in patch if w not in POSITION_WORDS]
         expected = torch.zeros(64)
         expected[[tokenizer.ids[w] for w in kept]] = 1.0 / len(kept)
         assert torch.allclose(row, expected)
