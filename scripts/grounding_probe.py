@@ -38,6 +38,7 @@ from atp_cli.train.align import WordTargets  # noqa: E402
 from atp_cli.train.data import encode_packed, load_samples  # noqa: E402
 from atp_cli.train.model_io import bf16_is_fast, load_model  # noqa: E402
 from atp_cli.train.projector import ProjectorConfig, packed_loss, train_projector, validate  # noqa: E402
+from scripts.snapshot_accuracy import summary  # noqa: E402
 
 SUFFIX = " Answer with a word or two."
 
@@ -68,6 +69,7 @@ def write(root: Path, name: str, n: int, seed: int) -> Path:
 
 def oracle_run(base: Path, train_path: Path, val_path: Path, mean_of_two: bool, lr: float, steps: int) -> None:
     model, tok = oracle_model(base)
+    words = WordTargets(tok, model.model.language_model.embed_tokens.weight)
 
     def tokens_of(sample) -> torch.Tensor:
         im = np.asarray(Image.open(sample.image).convert("RGB")).astype(int)
@@ -76,7 +78,6 @@ def oracle_run(base: Path, train_path: Path, val_path: Path, mean_of_two: bool, 
         on = (colour, shape) if mean_of_two else (colour,)
         return words([on if r else ("background",) for r in regions])
 
-    words = WordTargets(tok, model.model.language_model.embed_tokens.weight)
     train_on_oracle(model, tok, load_samples(train_path), load_samples(val_path)[:20], tokens_of, lr, steps, 10)
 
 
@@ -108,9 +109,7 @@ def train_on_oracle(model, tok, train: list, val: list, tokens_of, lr: float, st
         opt.step()
         print(step, round(float(np.mean(losses)), 3), round(time.perf_counter() - t0), flush=True)
         if (step + 1) % every == 0 or step + 1 == steps:
-            tally = validate(model, tok, val, tokens_of, 576, bf16=bf16)
-            right, asked = sum(r for r, _ in tally.values()), sum(n for _, n in tally.values())
-            print(f"  val {right}/{asked} = {right / asked:.1%}", tally, flush=True)
+            print(f"  val {summary(validate(model, tok, val, tokens_of, 576, bf16=bf16))}", flush=True)
 
 
 def main() -> None:
