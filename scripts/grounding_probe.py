@@ -97,12 +97,13 @@ def train_on_oracle(model, tok, train: list, val: list, tokens_of, lr: float, st
     embeddings); greedy accuracy per type on `val` printed every `every` steps and after the last."""
     opt = torch.optim.AdamW(lora.inject(model.model.language_model, 16), lr=lr)
     image_id, rng, t0 = model.config.image_token_index, random.Random(seed), time.perf_counter()
-    bf16 = bf16_is_fast(torch.device("cpu"))
+    device = next(model.parameters()).device  # the GPU when load_model found one; the oracle rows live there too
+    bf16 = bf16_is_fast(device)
     for step in range(steps):
         opt.zero_grad()
         losses = []
         for s in rng.sample(train, 4):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 total, n = packed_loss(model, encode_packed(tok, s, image_id, 576), tokens_of(s))
             (total / n / 4).backward()
             losses.append(float(total.detach()) / n)
