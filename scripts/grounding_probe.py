@@ -93,10 +93,12 @@ def oracle_model(base: Path):
 
 def train_on_oracle(model, tok, train: list, val: list, tokens_of, lr: float, steps: int, every: int,
                     seed: int = 0) -> None:
-    """Rank-16 LoRA on packed records of 4 images a step whose visual tokens are `tokens_of(sample)` (576 rows of
-    embeddings); greedy accuracy per type on `val` printed every `every` steps and after the last."""
+    """Rank-16 LoRA on packed records of 4 images a step whose visual tokens are `tokens_of(sample)` (one row of
+    embedding per image token of the checkpoint, 576 for the default model); greedy accuracy per type on `val`
+    printed every `every` steps and after the last."""
     opt = torch.optim.AdamW(lora.inject(model.model.language_model, 16), lr=lr)
     image_id, rng, t0 = model.config.image_token_index, random.Random(seed), time.perf_counter()
+    n_visual = model.config.image_seq_length
     device = next(model.parameters()).device  # the GPU when load_model found one; the oracle rows live there too
     bf16 = bf16_is_fast(device)
     for step in range(steps):
@@ -104,13 +106,13 @@ def train_on_oracle(model, tok, train: list, val: list, tokens_of, lr: float, st
         losses = []
         for s in rng.sample(train, 4):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                total, n = packed_loss(model, encode_packed(tok, s, image_id, 576), tokens_of(s))
+                total, n = packed_loss(model, encode_packed(tok, s, image_id, n_visual), tokens_of(s))
             (total / n / 4).backward()
             losses.append(float(total.detach()) / n)
         opt.step()
         print(step, round(float(np.mean(losses)), 3), round(time.perf_counter() - t0), flush=True)
         if (step + 1) % every == 0 or step + 1 == steps:
-            print(f"  val {summary(validate(model, tok, val, tokens_of, 576, bf16=bf16))}", flush=True)
+            print(f"  val {summary(validate(model, tok, val, tokens_of, n_visual, bf16=bf16))}", flush=True)
 
 
 def main() -> None:
