@@ -78,13 +78,24 @@ class ChatSession(Closeable):
             click.echo(json.dumps({"answer": text, **self.last}, indent=2))
 
     def interactive(self) -> None:
+        """Read questions until /quit, Ctrl-D or two Ctrl-C in a row at the prompt. Ctrl-C during an answer stops
+        it and forgets that question (the conversation continues as before it)."""
         click.echo(f"atp chat - image {self.image_path}, strategy {self.pipe.strategy.name}. {HELP}")
+        pending_quit = False
         while True:
             try:
                 line = input("you> ").strip()
-            except (EOFError, KeyboardInterrupt):
+            except EOFError:
                 click.echo()
                 return
+            except KeyboardInterrupt:
+                if pending_quit:
+                    click.echo()
+                    return
+                click.echo("\n[Ctrl-C again, Ctrl-D or /quit to leave]")
+                pending_quit = True
+                continue
+            pending_quit = False
             if not line:
                 continue
             try:
@@ -95,7 +106,7 @@ class ChatSession(Closeable):
                 click.echo("atp> ", nl=False)
                 self.answer(line)
             except KeyboardInterrupt:
-                click.echo("\n[stopped]")
+                click.echo("\n[stopped; that question is forgotten]")
             except AtpError as e:
                 click.echo(f"error: {e}", err=True)
 

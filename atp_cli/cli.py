@@ -17,9 +17,11 @@ EXAMPLE_IMAGE = Path(__file__).resolve().parent / "examples" / "sunset.png"
 
 
 def _setup_logging(verbose: bool) -> None:
-    from atp_cli.runtime.log import quiet_llama_logs
-
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        from atp_cli.runtime.log import quiet_llama_logs
+    except Exception:  # the native library does not load: `atp doctor` says why, other commands fail on first use
+        return
     quiet_llama_logs(logging.INFO if verbose else logging.ERROR)
 
 
@@ -28,6 +30,25 @@ def _setup_logging(verbose: bool) -> None:
 def cli(verbose: bool) -> None:
     """atp: adaptive visual-token pruning for LLaVA-style models on CPU."""
     _setup_logging(verbose)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json: bool) -> None:
+    """Print what a bug report needs (versions, CPU, the native library and its CPU backend, caches); exit 1 when
+    the native library is missing, is not the patched one, or would take ggml's AMX path."""
+    from atp_cli.doctor import collect
+
+    report = collect()
+    if as_json:
+        click.echo(json.dumps({"facts": report.facts, "problems": report.problems}, indent=2, default=str))
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if report.problems:
+        for problem in report.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(1)
 
 
 @cli.command()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from atp_cli.paths import cache_dir
+
 IMAGE_SIZE = 336  # 24 x 24 = 576 visual tokens, as LLaVA-1.5
 FEATURE_LAYER = -2  # LLaVA's choice: the second-to-last hidden state (a list: several, concatenated)
 FeatureLayer = int | list[int]
@@ -82,7 +84,7 @@ ARTIFACTS = Path(__file__).resolve().parent / "assets_default"
 PROJECTOR = ARTIFACTS / "projector.safetensors"
 LORA = ARTIFACTS / "lora.safetensors"
 ATP_WEIGHTS = ARTIFACTS / "atp.safetensors"
-DEFAULT_DIR = Path("~/.cache/atp/default-model").expanduser()
+DEFAULT_DIR = cache_dir("default-model")
 
 
 def artifact_paths(artifacts: Path = ARTIFACTS) -> tuple[Path, Path, Path]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,14 +128,43 @@ class SegmentedDecoder(Closeable):
         self.next_pos = 0
         self.stats = PrefillStats()
 
+    def truncate(self, pos: int) -> None:
+        """Roll the conversation back to `pos`: every segment forgets the positions >= pos.
+
+        `prefill` and `extend` call this when they are interrupted (Ctrl-C arrives between two C calls) or fail, so
+        each of them either completes or leaves the caches as they were; a caller undoes a whole turn with the
+        `next_pos` it saw before the turn."""
+        if not 0 <= pos <= self.next_pos:
+            raise InputError(f"cannot roll back to position {pos}: the conversation is at {self.next_pos}")
+        for ctx in self.contexts:
+            ctx.truncate(pos)
+        self.next_pos = pos
+        self.stop_token = None
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """Undo a partly run prefill or extend, whatever stopped it (an error, KeyboardInterrupt)."""
+        start, stats = self.next_pos, self.stats
+        try:
+            yield
+        except BaseException:
+            self.truncate(start)
+            self.stats = stats
+            raise
+
     # -- prefill ----------------------------------------------------------------------------------
 
     def prefill(self, prompt: Prompt, keep: KeepFn | None = None) -> np.ndarray:
         """Run `prompt` (continuing the conversation) and return the logits of its last entry.
 
         With `keep`, the function is called at each boundary with the attention of the layer before it
-        and returns the visual positions that go on; without it, nothing is dropped.
+        and returns the visual positions that go on; without it, nothing is dropped. Interrupted or failed, it
+        leaves the caches as they were.
         """
+        with self._atomic():
+            return self._prefill(prompt, keep)
+
+    def _prefill(self, prompt: Prompt, keep: KeepFn | None) -> np.ndarray:
         positions = prompt.all_positions()
         if positions[0] < self.next_pos:
             raise InputError(f"prompt starts at position {positions[0]}, the conversation is at {self.next_pos}")
@@ -233,6 +263,10 @@ class SegmentedDecoder(Closeable):
         tokens = np.asarray(tokens, dtype=np.int32)
         if tokens.ndim != 1 or tokens.size == 0:
             raise InputError("extend needs a non-empty 1-D list of token ids")
+        with self._atomic():
+            return self._extend(tokens)
+
+    def _extend(self, tokens: np.ndarray) -> np.ndarray:
         positions = np.arange(self.next_pos, self.next_pos + len(tokens), dtype=np.int32)
         prev = self.contexts[0]
         prev.decode_tokens(tokens, positions)

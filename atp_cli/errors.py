@@ -21,3 +21,7 @@ class InputError(AtpError):
 
 class DecodeError(AtpError):
     """llama_decode returned an error code."""
+
+
+class UsageError(AtpError):
+    """The API used in a way it does not allow: a closed Pipeline, two answers at once from one Pipeline."""

@@ -5,15 +5,18 @@
     for piece in pipe.stream(image, "Describe it."): ...     # the same, streamed
 
 A Pipeline holds one llama.cpp model, one vision encoder and one set of segment contexts: it answers one
-question at a time and is not thread-safe. Use one Pipeline per thread (the weights are memory-mapped, so
-extra Pipelines on the same files share them), or guard a shared one with a lock.
+question at a time. A second question while one is being answered (from another thread, or a second stream
+opened before the first is finished) is refused with UsageError, as is any use after close(). Use one Pipeline
+per thread (the weights are memory-mapped, so extra Pipelines on the same files share them).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from atp_cli.driver import PrefillStats, SegmentedDecoder
-from atp_cli.errors import InputError
+from atp_cli.errors import InputError, UsageError
 from atp_cli.generation import stream_text
 from atp_cli.image_input import load_image
 from atp_cli.prompt import ChatFormat
@@ -62,13 +65,20 @@ class Pipeline(Closeable):
     def __init__(self, model_path: str | Path, mmproj_path: str | Path, strategy: str = "atp",
                  config: PipelineConfig = PipelineConfig(), **strategy_params) -> None:
         self.config = config
+        self._decoder: SegmentedDecoder | None = None
+        self._busy = threading.Lock()  # held while a question is being answered
+        self._owner: object | None = None  # the conversation whose turns are in the caches (or a one-shot marker)
+        self._closed = False
         self.model = LlamaModel(model_path)
-        self.encoder = ImageEncoder(mmproj_path, self.model, config.context.n_threads)
-        self.weights = read_atp(mmproj_path)
-        self.chat = ChatFormat(self.model)
-        self.decoder: SegmentedDecoder | None = None
-        self.strategy = None
-        self.set_strategy(strategy, **strategy_params)
+        try:
+            self.encoder = ImageEncoder(mmproj_path, self.model, config.context.n_threads)
+            self.weights = read_atp(mmproj_path)
+            self.chat = ChatFormat(self.model)
+            self.strategy = None
+            self.set_strategy(strategy, **strategy_params)
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_dir(cls, folder: str | Path, strategy: str = "atp", config: PipelineConfig = PipelineConfig(),
@@ -82,6 +92,36 @@ class Pipeline(Closeable):
     def n_visual(self) -> int:
         return self.encoder.n_tokens()
 
+    @property
+    def decoder(self) -> SegmentedDecoder:
+        if self._closed or self._decoder is None:
+            raise UsageError("this Pipeline is closed")
+        return self._decoder
+
+    @contextmanager
+    def session(self, owner: object) -> Iterator[SegmentedDecoder]:
+        """Exclusive use of the caches for one answer by `owner` (a Conversation, or a one-shot marker).
+
+        Refuses, instead of corrupting state: a closed Pipeline, a second answer while one is running, and the
+        next turn of a conversation whose caches another conversation or question has taken since."""
+        decoder = self.decoder
+        if not self._busy.acquire(blocking=False):
+            raise UsageError("this Pipeline is already answering a question (another thread, or an unfinished "
+                             "stream); use one Pipeline per thread")
+        try:
+            if getattr(owner, "messages", None) and self._owner is not owner:
+                raise UsageError("another conversation or question has used this Pipeline since this "
+                                 "conversation's last turn; start it again (set_image) or give it its own Pipeline")
+            self._owner = owner
+            yield decoder
+        finally:
+            self._busy.release()
+
+    def release(self, owner: object) -> None:
+        """`owner` no longer needs its turns kept (a conversation that starts over)."""
+        if self._owner is owner:
+            self._owner = None
+
     def set_strategy(self, name: str, **params) -> None:
         """Switch the pruning strategy; 'atp' without trained weights falls back to 'atp-free' with a warning."""
         if name == "atp" and (self.weights is None or not self.weights.mlps):
@@ -92,12 +132,18 @@ class Pipeline(Closeable):
     def use_strategy(self, strategy) -> None:
         """Install a strategy object (e.g. one built with boundaries of its own); the segment contexts are rebuilt
         only when its boundaries differ from the current ones."""
+        if self._closed:
+            raise UsageError("this Pipeline is closed")
+        if self._busy.locked():
+            raise UsageError("cannot change the strategy while a question is being answered")
         boundaries = strategy.boundaries(self.model.n_layer)
-        if self.decoder is None or self.decoder.boundaries != boundaries:
-            if self.decoder is not None:
-                self.decoder.close()
-            self.decoder = SegmentedDecoder(self.model, boundaries, self.config.context, readout=bool(boundaries))
+        if self._decoder is None or self._decoder.boundaries != boundaries:
+            if self._decoder is not None:
+                self._decoder.close()
+                self._decoder = None
+            self._decoder = SegmentedDecoder(self.model, boundaries, self.config.context, readout=bool(boundaries))
         self.strategy = strategy
+        self._owner = None  # turns pruned by the previous strategy are not continued by this one
 
     def prompt(self, image: ImageSource, question: str) -> tuple[Prompt, float]:
         """The prompt for one image and question, and the seconds spent encoding the image."""
@@ -130,6 +176,10 @@ class Pipeline(Closeable):
 
     def stream(self, image: ImageSource, question: str, result: Result | None = None) -> Iterator[str]:
         """Answer text as it is generated; `result` (if given) is filled with the statistics."""
+        with self.session(_ONE_SHOT):
+            yield from self._stream(image, question, result)
+
+    def _stream(self, image: ImageSource, question: str, result: Result | None) -> Iterator[str]:
         t0 = time.perf_counter()
         logits = self.prefill_image(image, question)
         first = time.perf_counter()
@@ -157,11 +207,25 @@ class Pipeline(Closeable):
         return result
 
     def close(self) -> None:
-        if self.decoder is not None:
-            self.decoder.close()
-            self.decoder = None
-        self.encoder.close()
-        self.model.close()
+        """Free the native resources; idempotent. Refused while a question is being answered."""
+        if self._closed:
+            return
+        if not self._busy.acquire(blocking=False):
+            raise UsageError("cannot close this Pipeline while it is answering a question")
+        try:
+            self._closed = True
+            if self._decoder is not None:
+                self._decoder.close()
+                self._decoder = None
+            if getattr(self, "encoder", None) is not None:
+                self.encoder.close()
+            if getattr(self, "model", None) is not None:
+                self.model.close()
+        finally:
+            self._busy.release()
+
+
+_ONE_SHOT = object()  # the owner of the caches during a one-shot answer
 
 
 

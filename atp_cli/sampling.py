@@ -20,6 +20,8 @@ class SamplerConfig:
             raise InputError(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be an integer in [0, 2**63), got {self.seed}")
 
 
 class Sampler:
@@ -29,6 +31,13 @@ class Sampler:
         config.validate()
         self.config = config
         self._rng = np.random.default_rng(config.seed)
+
+    def state(self) -> dict:
+        """The random state, to undo the draws of an interrupted turn with `restore`."""
+        return self._rng.bit_generator.state
+
+    def restore(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
 
     def sample(self, logits: np.ndarray) -> int:
         if self.config.temperature <= 0:

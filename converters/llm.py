@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from atp_cli.errors import InputError, ModelError
+from atp_cli.paths import cache_dir
 from converters.quantize import FTYPES, quantize_gguf
 
 LLAMA_CPP_VERSION = "0.3.36"  # native_patch/build_wheel.py SDIST_VERSION
@@ -25,9 +26,7 @@ def tools_dir() -> Path:
     env = os.environ.get("ATP_LLAMA_CPP_TOOLS")
     if env:
         return Path(env)
-    cache = os.environ.get("ATP_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "atp")
-    return Path(cache) / "tools" / f"llama-cpp-python-{LLAMA_CPP_VERSION}"
+    return cache_dir("tools") / f"llama-cpp-python-{LLAMA_CPP_VERSION}"
 
 
 def convert_text_model(checkpoint: Path, out: Path, outtype: str, log_file: Path | None = None) -> Path:

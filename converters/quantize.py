@@ -8,6 +8,7 @@ from pathlib import Path
 
 from llama_cpp import llama_cpp as llama
 
+from atp_cli.cpu import usable_cores
 from atp_cli.errors import InputError, ModelError
 
 # enum llama_ftype (include/llama.h)
@@ -41,7 +42,7 @@ def quantize_gguf(src: Path, dst: Path, outtype: str, n_threads: int = 0) -> Pat
     tmp = Path(f"{dst}.part")
     params = llama.llama_model_quantize_default_params()
     params.ftype = FTYPES[outtype]
-    params.nthread = n_threads or os.cpu_count() or 1
+    params.nthread = n_threads or usable_cores()
     try:
         rc = llama.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:

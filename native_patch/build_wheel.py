@@ -3,8 +3,9 @@
 
 The sdist is fetched from the package index by exact version and checked against its sha256; the numbered
 patches in this folder are applied in order; the CPU wheel is built once and cached under a key made of
-the patch contents, the sdist hash, the build flags, the Python tag and this CPU's instruction-set flags,
-so a second set-up reuses it. Prints the wheel's path as the last line of output. Standard library only.
+what the wheel depends on (the patch contents, the sdist hash, the build flags, the Python tag, the machine
+architecture; and, only where a native build is the fallback, this CPU's instruction-set flags), so a
+second set-up reuses it. Prints the wheel's path as the last line of output. Standard library only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,18 @@ SDIST_NAME = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
 SDIST_FILE = "llama_cpp_python-0.3.36.tar.gz"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-CMAKE_ARGS = "-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF"
+COMMON_ARGS = "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF"
+# Every build flag of the wheel is here. On x86-64 the wheel is portable: GGML_BACKEND_DL with
+# GGML_CPU_ALL_VARIANTS builds the CPU backend once per instruction-set level and ggml picks the best
+# one this CPU supports at run time (x64, haswell, alderlake, skylakex, cascadelake, icelake, zen4: the
+# list in 0003-portable-cpu-variants-without-amx.patch). No variant enables AMX: ggml's AMX matrix
+# multiply segfaults on Sapphire Rapids (llama.cpp issue 20824), and GGML_NATIVE=ON would switch it on
+# by itself on any AMX CPU. To re-enable AMX once upstream fixes it, add the sapphirerapids variant
+# back to that patch (and to its install list) - see docs/ARCHITECTURE.md, "CPU variants and AMX".
+PORTABLE_ARGS = f"-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON {COMMON_ARGS}"
+# Elsewhere (aarch64, ...) the wheel is built for this machine's CPU; AMX does not exist there.
+NATIVE_ARGS = f"-DGGML_NATIVE=ON {COMMON_ARGS}"
+PORTABLE_MACHINES = ("x86_64", "AMD64")
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,11 +67,24 @@ def cpu_flags() -> str:
     return platform.processor()
 
 
+def is_portable() -> bool:
+    """Whether this machine gets the run-time-dispatched CPU variants (x86-64) or a native build."""
+    return platform.machine() in PORTABLE_MACHINES
+
+
+def cmake_args() -> str:
+    return PORTABLE_ARGS if is_portable() else NATIVE_ARGS
+
+
 def build_key() -> str:
+    """What the wheel depends on: a portable wheel does not depend on the CPU it was built on."""
     h = hashlib.sha256()
     for p in patches():
         h.update(p.name.encode() + b"\0" + p.read_bytes())
-    for part in (SDIST_SHA256, CMAKE_ARGS, sys.implementation.cache_tag, platform.machine(), cpu_flags()):
+    parts = [SDIST_SHA256, cmake_args(), sys.implementation.cache_tag, platform.machine()]
+    if not is_portable():
+        parts.append(cpu_flags())
+    for part in parts:
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
@@ -136,9 +161,9 @@ def build(cache: Path, key: str) -> Path:
     src = work / f"llama_cpp_python-{SDIST_VERSION}"
     apply_patches(src)
     out = work / "dist"
-    env = dict(os.environ, CMAKE_ARGS=CMAKE_ARGS,
+    env = dict(os.environ, CMAKE_ARGS=cmake_args(),
                CMAKE_BUILD_PARALLEL_LEVEL=os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2)))
-    log("building the wheel (about 5 minutes on 2 cores)")
+    log("building the wheel (about 15 minutes on 2 cores: the CPU backend once per instruction-set level)")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
          "-C", f"build-dir={work / 'build'}", "-w", str(out), str(src)],

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from atp_cli.paths import cache_dir
+
 DEFAULT_STRATEGIES = "none,atp,atp-free,fastv,pdrop,visionzip-style,uniform,random"
 
 
@@ -108,7 +110,7 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
 @click.option("--budget", type=float, default=144.0, show_default=True, help="Average visual tokens of the atp row.")
 @click.option("--runs", type=int, default=3, show_default=True, help="Runs per configuration (medians).")
 @click.option("--threads", type=int, default=0, help="CPU threads (0: all).")
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("~/.cache/atp/bench").expanduser(),
+@click.option("--workdir", type=click.Path(path_type=Path), default=cache_dir("bench"),
               show_default=True, help="Where the random GGUFs are built once and kept.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
 def speed(shapes: str, budget: float, runs: int, threads: int, workdir: Path, out: Path) -> None:

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 from pathlib import Path
 
 import psutil
 
+from atp_cli import cpu
 from atp_cli.bench.quality import PEER
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-        cpu = model
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+    """CPU model, usable cores, instruction sets and memory: what every published figure names."""
+    return f"{cpu.describe()}, {psutil.virtual_memory().total / 2**30:.0f} GiB"
 
 
 def commit() -> str:

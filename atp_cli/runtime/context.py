@@ -7,12 +7,12 @@ assert that kills the process, so positions, shapes, ids and capacity are checke
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass
 
 import numpy as np
 from llama_cpp import llama_cpp as llama
 
+from atp_cli.cpu import usable_cores
 from atp_cli.errors import DecodeError, InputError
 from atp_cli.runtime.model import LlamaModel
 from atp_cli.runtime.native import SegmentParams, atp_lib
@@ -29,13 +29,13 @@ class ContextConfig:
     n_ctx: int = 2048
     n_batch: int = 512
     n_ubatch: int = 512
-    n_threads: int = 0  # 0: all cores
+    n_threads: int = 0  # 0: every core this process may use
     type_k: str = "f16"
     type_v: str = "f16"
     flash_attn: bool | None = None  # None: llama.cpp decides (on, on CPU)
 
     def threads(self) -> int:
-        return self.n_threads or os.cpu_count() or 1
+        return self.n_threads or usable_cores()
 
     def validate(self) -> None:
         if self.n_ctx < 16 or self.n_batch < 1 or self.n_ubatch < 1:
@@ -285,6 +285,25 @@ class LlamaContext(Closeable):
     def clear(self) -> None:
         llama.llama_memory_clear(llama.llama_get_memory(self.ptr), True)
         self.pos_max, self.n_tokens, self._last_n = -1, 0, 0
+        self._pending_hidden = []
+
+    def truncate(self, pos: int) -> None:
+        """Forget every cached position >= `pos` and re-read what is left from llama.cpp itself.
+
+        This is how an interrupted or failed call is undone: whatever part of it reached the cache is removed, and
+        the Python record of the cache (last position, token count) is taken from the cache, never assumed."""
+        if pos <= 0:
+            self.clear()
+        else:
+            mem = llama.llama_get_memory(self.ptr)
+            if not llama.llama_memory_seq_rm(mem, 0, int(pos), -1):
+                raise DecodeError(f"llama.cpp could not remove positions >= {pos} from layers "
+                                  f"[{self.il_begin}, {self.il_end})")
+            self.pos_max = int(llama.llama_memory_seq_pos_max(mem, 0))
+            self.n_tokens = int(self.kv_stats().used_cells)
+            self._last_n, self._pending_hidden = 0, []
+        if self.readout_layer is not None:
+            self.arm_capture(False)
 
     # -- lifetime ---------------------------------------------------------------------------------
 

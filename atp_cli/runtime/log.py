@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import logging
 
@@ -16,10 +17,14 @@ _state = {"level": logging.WARNING, "last": logging.INFO}
 
 @llama.llama_log_callback
 def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    py_level = _state["last"] if level == 5 else _LEVELS.get(level, logging.INFO)
-    _state["last"] = py_level
-    if py_level >= _state["level"]:
-        log.log(py_level, text.decode("utf-8", errors="replace").rstrip())
+    try:
+        py_level = _state["last"] if level == 5 else _LEVELS.get(level, logging.INFO)
+        _state["last"] = py_level
+        if py_level >= _state["level"]:
+            log.log(py_level, text.decode("utf-8", errors="replace").rstrip())
+    except KeyboardInterrupt:
+        # ctypes would print and swallow it here, inside a C call: raise it again once control is back in Python
+        _thread.interrupt_main()
 
 
 def quiet_llama_logs(level: int = logging.WARNING) -> None:

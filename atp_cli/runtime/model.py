@@ -57,6 +57,7 @@ class LlamaModel(Closeable):
         self.n_embd = int(llama.llama_model_n_embd(ptr))
         self.n_vocab = int(llama.llama_vocab_n_tokens(self.vocab))
         self.arch = self.meta("general.architecture") or "?"
+        self._special_texts: tuple[str, ...] | None = None
 
     # -- metadata ---------------------------------------------------------------------------------
 
@@ -79,6 +80,21 @@ class LlamaModel(Closeable):
             out = (llama.llama_token * cap)()
             n = llama.llama_tokenize(self.vocab, data, len(data), out, cap, add_special, parse_special)
         return np.ctypeslib.as_array(out)[:n].astype(np.int32)
+
+    def special_texts(self) -> tuple[str, ...]:
+        """The texts that `tokenize(parse_special=True)` turns into control or user-defined tokens (cached).
+
+        A chat template writes them on purpose; user text that contains one must not become that token."""
+        if self._special_texts is None:
+            special = llama.LLAMA_TOKEN_ATTR_CONTROL | llama.LLAMA_TOKEN_ATTR_USER_DEFINED
+            texts = set()
+            for token in range(self.n_vocab):
+                if llama.llama_vocab_get_attr(self.vocab, token) & special:
+                    text = self.token_piece(token).decode("utf-8", errors="replace")
+                    if text:
+                        texts.add(text)
+            self._special_texts = tuple(sorted(texts))
+        return self._special_texts
 
     def token_piece(self, token: int) -> bytes:
         """The bytes a token stands for (special tokens rendered as their text)."""

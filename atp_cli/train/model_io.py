@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from atp_cli.cpu import has_native_bf16
+
 
 def load_model(checkpoint: Path, seed: int):
     """(model in float32 on the GPU when present, tokenizer, device), with every random source seeded."""
@@ -25,11 +27,7 @@ def bf16_is_fast(device: torch.device) -> bool:
     them tens of times slower than float32 (scripts/bench_bf16.py), so autocast must stay off there."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to tell, keep float32
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return has_native_bf16()  # not Linux: no flags to read, so float32
 
 
 def image_setup(model, ckpt: Path) -> tuple[int, int, list, list]:
