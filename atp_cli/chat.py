@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from atp_cli.errors import AtpError, InputError, ModelError
+from atp_cli.files import check_output_file
 from atp_cli.keep_map import draw_keep_map
 from atp_cli.pipeline import Pipeline, PipelineConfig
 from atp_cli.pruning.sap import grid_shape
@@ -31,6 +32,8 @@ class ChatSession(Closeable):
              show_keep: Path | None) -> "ChatSession":
         from atp_cli.default_model import DEFAULT_DIR, build_default_model
 
+        if show_keep is not None:
+            check_output_file(show_keep)  # before the model is loaded
         folder = model_dir or build_default_model(DEFAULT_DIR)
         if not folder.is_dir():
             raise ModelError(f"no model folder at {folder}; pass --model FOLDER (made by `atp convert`)")

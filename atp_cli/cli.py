@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from atp_cli.bench.cli import bench
 from atp_cli.errors import AtpError
 
 EXAMPLE_IMAGE = Path(__file__).resolve().parent / "examples" / "sunset.png"
+THREADS = click.IntRange(0, 256)  # 0: every usable core; ggml runs at most 512 threads
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -67,11 +69,11 @@ def info(model: Path) -> None:
 @cli.command()
 @click.option("--image", type=click.Path(path_type=Path), default=EXAMPLE_IMAGE, show_default=True)
 @click.option("--question", default="What is the main colour of the image? Answer in one word.", show_default=True)
-@click.option("--keep-ratio", type=float, default=0.25, show_default=True,
+@click.option("--keep-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
               help="Fraction of visual tokens kept after the pruning layer (1.0: no pruning).")
-@click.option("--layer", type=int, default=3, show_default=True, help="Prune after this decoder layer.")
-@click.option("--max-tokens", type=int, default=48, show_default=True)
-@click.option("--threads", type=int, default=0, help="CPU threads (0: all).")
+@click.option("--layer", type=click.IntRange(1), default=3, show_default=True, help="Prune after this decoder layer.")
+@click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=48, show_default=True)
+@click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
 def demo(image: Path, question: str, keep_ratio: float, layer: int, max_tokens: int, threads: int) -> None:
     """Ask SmolLM2-135M about an image seen through the colour probe, pruning visual tokens in the decoder."""
     from atp_cli.demo import run_demo
@@ -90,7 +92,7 @@ def demo(image: Path, question: str, keep_ratio: float, layer: int, max_tokens: 
               help="Language model type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s, "
                    "q4_k_m, q5_k_s, q5_k_m, q6_k.")
 @click.option("--mmproj-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
-@click.option("--image-size", type=int, help="Input size of the vision tower (default: the checkpoint's).")
+@click.option("--image-size", type=click.IntRange(1, 8192), help="Input size of the vision tower (default: the checkpoint's).")
 @click.option("--drop-cls", is_flag=True,
               help="Leave the CLS token out (exact order on stock llama.cpp, approximate values).")
 @click.option("--atp", "atp_path", type=click.Path(path_type=Path),
@@ -121,15 +123,15 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--budget", type=float, default=144.0, show_default=True,
+@click.option("--budget", type=click.FloatRange(0, min_open=True), default=144.0, show_default=True,
               help="Visual tokens averaged over all decoder layers (paper metric).")
 @click.option("--boundaries", help="Comma-separated module boundaries (default: spread like 5/15/25 of 32; at a 25 % "
                                    "budget the default model kept more accuracy with 2,10,20 of 30: docs/TRAINING.md).")
-@click.option("--steps", type=int, default=200, show_default=True)
-@click.option("--accumulate", type=int, default=4, show_default=True, help="Examples per optimizer step.")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--lambda-budget", type=float, default=2.0, show_default=True)
-@click.option("--distill", type=float, default=0.0, show_default=True, help="Weight of KL to the unpruned model.")
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--accumulate", type=click.IntRange(1), default=4, show_default=True, help="Examples per optimizer step.")
+@click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=1e-3, show_default=True)
+@click.option("--lambda-budget", type=click.FloatRange(0), default=2.0, show_default=True)
+@click.option("--distill", type=click.FloatRange(0), default=0.0, show_default=True, help="Weight of KL to the unpruned model.")
 @click.option("--llm", type=click.Choice(["freeze", "lora", "finetune"]), default="freeze", show_default=True)
 @click.option("--save-model", type=click.Path(path_type=Path), help="Where to save the tuned checkpoint (lora/finetune).")
 @click.option("--hard-masks", is_flag=True,
@@ -137,7 +139,7 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
 @click.option("--start-thresholds", type=float, nargs=2, metavar="THETA_R THETA_SP",
               help="Every module starts at these thresholds for every image (e.g. a fixed rule calibrated to the "
                    "budget: scripts/boundary_ablation.py const:...); default: near keeping everything.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: str | None, steps: int, accumulate: int,
           lr: float, lambda_budget: float, distill: float, llm: str, save_model: Path | None, hard_masks: bool,
           start_thresholds: tuple[float, float] | None, seed: int) -> None:
@@ -162,11 +164,11 @@ def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: st
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--budget", type=float, default=144.0, show_default=True,
+@click.option("--budget", type=click.FloatRange(0, min_open=True), default=144.0, show_default=True,
               help="Visual tokens averaged over all decoder layers (paper metric).")
 @click.option("--strides", default="4,6,8", show_default=True, help="SAP grid stride per module (0: none).")
-@click.option("--limit", type=int, default=32, show_default=True, help="Calibration records used.")
-@click.option("--threads", type=int, default=0)
+@click.option("--limit", type=click.IntRange(1), default=32, show_default=True, help="Calibration records used.")
+@click.option("--threads", type=THREADS, default=0)
 def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int, threads: int) -> None:
     """Choose training-free ATP levels for a converted FOLDER that meet --budget on DATA; write them into its mmproj."""
     from atp_cli.calibration import calibrate_pipeline
@@ -198,12 +200,12 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
               "uniform, random or none.")
 @click.option("--json", "as_json", is_flag=True, help="One-shot: print the answer and statistics as JSON.")
 @click.option("--show-keep", type=click.Path(path_type=Path), help="Write a PNG of the tokens kept per module.")
-@click.option("--max-tokens", type=int, default=256, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True)
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--n-ctx", type=int, default=2048, show_default=True)
-@click.option("--threads", type=int, default=0, help="CPU threads (0: all).")
+@click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, 100), default=0.0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--n-ctx", type=click.IntRange(64, 1 << 20), default=2048, show_default=True)
+@click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
 def chat(question: str | None, image: Path, model_dir: Path | None, strategy: str, as_json: bool,
          show_keep: Path | None, max_tokens: int, temperature: float, top_p: float, seed: int, n_ctx: int,
          threads: int) -> None:
@@ -226,8 +228,8 @@ def chat(question: str | None, image: Path, model_dir: Path | None, strategy: st
 @cli.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
-@click.option("-n", "count", type=int, default=1000, show_default=True, help="Examples to write.")
-@click.option("--start", type=int, default=0, show_default=True, help="First example index (seeded per index).")
+@click.option("-n", "count", type=click.IntRange(1), default=1000, show_default=True, help="Examples to write.")
+@click.option("--start", type=click.IntRange(0), default=0, show_default=True, help="First example index (seeded per index).")
 @click.option("--source", type=click.Choice(["scenes", "mosaics", "mix"]), default="scenes", show_default=True,
               help="Rendered scenes, Fashion-MNIST mosaics (Debian package dataset-fashion-mnist), or both mixed.")
 @click.option("--photos", is_flag=True, help="Write the demo photos (PNG) into OUT instead of question-answer data.")
@@ -272,16 +274,26 @@ def _int_tuple(text: str | None) -> tuple[int, ...] | None:
 cli.add_command(bench)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: a user error is one line on stderr (`error: ...`) and exit code 2 (130 for Ctrl-C); with
+    -v/--verbose its traceback follows. Any other exception is a bug and keeps its traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = bool({"-v", "--verbose"} & set(args[:1]))
     try:
-        cli(standalone_mode=False)
-    except click.exceptions.Abort:
+        cli(args=args, standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        hint = f" (see 'atp {e.ctx.command_path.partition(' ')[2]} --help')".replace("atp  ", "atp ") \
+            if isinstance(e, click.UsageError) and e.ctx is not None else ""
+        click.echo(f"error: {e.format_message()}{hint}", err=True)
         sys.exit(e.exit_code)
     except AtpError as e:
+        if verbose:
+            traceback.print_exc()
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from atp_cli.errors import InputError
 from atp_cli.generation import stream_text
 from atp_cli.image_input import load_image
-from atp_cli.prompt import IMAGE_MARKER
+from atp_cli.prompt import IMAGE_MARKER, check_question
 from atp_cli.sampling import Sampler
 
 
@@ -40,8 +40,7 @@ class Conversation:
         """Stream the answer to `question`."""
         if self.image is None:
             raise InputError("no image: set one first")
-        if not question.strip():
-            raise InputError("the question is empty")
+        check_question(question)
         with self.pipe.session(self) as dec:
             start, n_messages, rng = dec.next_pos, len(self.messages), self.sampler.state()
             done = False

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from atp_cli.errors import InputError
 
@@ -38,12 +38,42 @@ def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
             name = "the given bytes" if isinstance(source, bytes) else str(source)
             raise InputError(f"cannot read {name} as an image: {e}") from e
-    if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB as a viewer shows the image: EXIF orientation applied, transparency over white, 16-bit and
+    floating-point grey scaled into 0..255 (PIL's own conversion clips them, so a 16-bit PNG would turn white)."""
+    try:
+        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError):  # a broken EXIF block: keep the pixels as stored
+        pass
+    if image.mode in _WIDE_GREY:
+        image = Image.fromarray(_grey_to_uint8(np.asarray(image)), "L")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
     return image.convert("RGB")
+
+
+_WIDE_GREY = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def _grey_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Integer grey of 16 bits (or 32 bits holding 16-bit values) scaled by 255/65535; floats in [0, 1] by 255;
+    any other range stretched onto 0..255."""
+    v = values.astype(np.float64)
+    finite = v[np.isfinite(v)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if values.dtype.kind in "iu" and lo >= 0 and hi <= 65535:
+        scaled = v * (255.0 / 65535.0)
+    elif values.dtype.kind == "f" and lo >= 0 and hi <= 1:
+        scaled = v * 255.0
+    else:
+        scaled = (v - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(v)
+    return np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
 
 
 def letterbox(image: Image.Image, size: int) -> Image.Image:

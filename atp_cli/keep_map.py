@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from atp_cli.files import atomic_path
 from atp_cli.image_input import letterbox
 
 PANEL = 336
@@ -32,8 +32,6 @@ def draw_keep_map(image: Image.Image, kept_raster: list[np.ndarray], grid: tuple
     for i, (panel, name) in enumerate(zip(panels, names)):
         canvas.paste(panel, (i * PANEL, 18))
         draw.text((i * PANEL + 4, 3), name, fill=(0, 0, 0))
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return Path(path)

@@ -27,10 +27,11 @@ from atp_cli.driver import PrefillStats, SegmentedDecoder
 from atp_cli.errors import InputError, UsageError
 from atp_cli.generation import stream_text
 from atp_cli.image_input import load_image
-from atp_cli.prompt import ChatFormat
+from atp_cli.prompt import ChatFormat, check_question
 from atp_cli.prompt_input import Prompt, Span
 from atp_cli.pruning.registry import make_strategy
-from atp_cli.pruning.store import read_atp
+from atp_cli.pruning.schema import SchemaError
+from atp_cli.pruning.store import AtpWeights, read_atp
 from atp_cli.pruning.visionzip import VisionZipStyle
 from atp_cli.runtime.context import ContextConfig
 from atp_cli.runtime.model import LlamaModel
@@ -72,7 +73,7 @@ class Pipeline(Closeable):
         self.model = LlamaModel(model_path)
         try:
             self.encoder = ImageEncoder(mmproj_path, self.model, config.context.n_threads)
-            self.weights = read_atp(mmproj_path)
+            self.weights, self._weights_error = _read_weights(mmproj_path, self.model.n_layer, self.encoder.n_tokens())
             self.chat = ChatFormat(self.model)
             self.strategy = None
             self.set_strategy(strategy, **strategy_params)
@@ -123,7 +124,12 @@ class Pipeline(Closeable):
             self._owner = None
 
     def set_strategy(self, name: str, **params) -> None:
-        """Switch the pruning strategy; 'atp' without trained weights falls back to 'atp-free' with a warning."""
+        """Switch the pruning strategy; 'atp' without trained weights falls back to 'atp-free' with a warning.
+
+        ATP weights that break the schema are refused for 'atp' and 'atp-free' (the error names the key); every
+        other strategy runs without them."""
+        if name in ("atp", "atp-free") and self._weights_error is not None:
+            raise self._weights_error
         if name == "atp" and (self.weights is None or not self.weights.mlps):
             log.warning("the mmproj has no trained ATP weights; using 'atp-free'")
             name = "atp-free"
@@ -147,17 +153,19 @@ class Pipeline(Closeable):
 
     def prompt(self, image: ImageSource, question: str) -> tuple[Prompt, float]:
         """The prompt for one image and question, and the seconds spent encoding the image."""
-        if not question.strip():
-            raise InputError("the question is empty")
+        check_question(question)
         t0 = time.perf_counter()
         rows = self.encoder.encode(load_image(image))
         seconds = time.perf_counter() - t0
         prompt = self.chat.image_prompt(rows, question)
         if isinstance(self.strategy, VisionZipStyle):
             prompt = _preselect(prompt, self.strategy)
-        if len(prompt) + self.config.max_tokens > self.decoder.contexts[0].n_ctx:
+        n_ctx = self.decoder.contexts[0].n_ctx
+        if len(prompt) + self.config.max_tokens > n_ctx:
+            asked = self.config.context.n_ctx
+            note = f" (n_ctx {asked}, which llama.cpp rounds up to a multiple of 256)" if asked != n_ctx else ""
             raise InputError(f"prompt of {len(prompt)} tokens + {self.config.max_tokens} to generate does not fit "
-                             f"the context of {self.decoder.contexts[0].n_ctx}")
+                             f"the context of {n_ctx} tokens{note}")
         return prompt, seconds
 
     def prefill_image(self, image: ImageSource, question: str) -> np.ndarray:
@@ -226,6 +234,18 @@ class Pipeline(Closeable):
 
 
 _ONE_SHOT = object()  # the owner of the caches during a one-shot answer
+
+
+def _read_weights(mmproj: str | Path, n_layer: int, n_visual: int) -> tuple[AtpWeights | None, SchemaError | None]:
+    """The mmproj's ATP weights checked against this model, or the schema error that rules them out."""
+    try:
+        weights = read_atp(mmproj)
+        if weights is not None:
+            weights.validate(n_layer, n_visual, where=str(mmproj))
+        return weights, None
+    except SchemaError as e:
+        log.warning("ignoring the ATP weights of %s: %s", mmproj, e)
+        return None, e
 
 
 

@@ -7,7 +7,7 @@ import re
 import jinja2
 import numpy as np
 
-from atp_cli.errors import ModelError
+from atp_cli.errors import InputError, ModelError
 from atp_cli.prompt_input import Prompt, Span
 from atp_cli.runtime.model import LlamaModel
 
@@ -91,6 +91,20 @@ class ChatFormat:
         if not full.startswith(done):
             raise ModelError("the chat template does not extend conversations by appending")
         return self.tokenize(full[len(done):])
+
+
+def check_question(question: object) -> str:
+    """A question as the user typed it, or InputError: not text, empty, or not encodable as UTF-8 (a terminal in
+    another encoding hands Python undecodable bytes as surrogates)."""
+    if not isinstance(question, str):
+        raise InputError(f"the question must be text, got {type(question).__name__}")
+    if not question.strip():
+        raise InputError("the question is empty")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"the question is not valid UTF-8 text (byte {e.object[e.start:e.end]!r} at {e.start})") from e
+    return question
 
 
 def _strip(text: str) -> str:

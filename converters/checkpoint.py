@@ -8,6 +8,7 @@ in memory whole. Names are normalised to one layout whatever transformers versio
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +67,41 @@ class LlavaCheckpoint:
 
 def _load_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ModelError(f"missing {path.name} in {path.parent}") from e
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         raise ModelError(f"cannot parse {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} holds a JSON {type(data).__name__}; expected an object")
+    return data
+
+
+def _positive_int(section: dict, key: str, where: str, required: bool = True) -> None:
+    value = section.get(key)
+    if value is None and not required:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"{where}.{key} = {value!r}; expected a positive integer")
+
+
+def _check_preprocessor(pre: dict) -> None:
+    crop = pre.get("crop_size")
+    if crop is not None:
+        if isinstance(crop, dict):
+            _positive_int(crop, "height", "preprocessor_config.json crop_size", required=False)
+        elif isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
+            raise ModelError(f"preprocessor_config.json crop_size = {crop!r}; expected a positive integer or "
+                             "{'height': H, 'width': W}")
+    for key, positive in (("image_mean", False), ("image_std", True)):
+        v = pre.get(key)
+        if v is None:
+            continue
+        ok = isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       and math.isfinite(x) for x in v)
+        if not ok or (positive and min(v) <= 0):
+            raise ModelError(f"preprocessor_config.json {key} = {v!r}; expected 3 finite numbers"
+                             f"{' > 0' if positive else ''}")
 
 
 def _shards(folder: Path) -> tuple[Path, ...]:
@@ -111,6 +142,7 @@ def open_checkpoint(folder: str | Path) -> LlavaCheckpoint:
         raise ModelError(f"vision_feature_layer must be an integer or a list of integers, got {layer!r}")
     pre = folder / "preprocessor_config.json"
     preprocessor = _load_json(pre) if pre.is_file() else {}
+    _check_preprocessor(preprocessor)
     ckpt = LlavaCheckpoint(folder, config, vision, text, _shards(folder), preprocessor)
     _check_dimensions(ckpt)
     return ckpt
@@ -121,6 +153,12 @@ def _check_dimensions(ckpt: LlavaCheckpoint) -> None:
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size"):
         if key not in v:
             raise ModelError(f"vision_config lacks {key!r}")
+        _positive_int(v, key, "vision_config")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+        _positive_int(t, key, "text_config", required=key == "hidden_size")
+    if v["hidden_size"] % v["num_attention_heads"]:
+        raise ModelError(f"vision_config.num_attention_heads = {v['num_attention_heads']} does not divide "
+                         f"hidden_size = {v['hidden_size']}")
     layers = ckpt.feature_layers
     if not all(1 <= i <= v["num_hidden_layers"] for i in layers):
         raise ModelError(f"vision_feature_layer {ckpt.config.get('vision_feature_layer')} is outside the tower's "
@@ -156,3 +194,89 @@ def iter_tensors(ckpt: LlavaCheckpoint, prefixes: tuple[str, ...] = ("",)) -> It
                         yield normalise_name(name), tensor.to(torch.float32).numpy()
         except (OSError, RuntimeError, ValueError, SafetensorError) as e:
             raise ModelError(f"cannot read weights from {shard}: {e}") from e
+
+
+def tensor_index(ckpt: LlavaCheckpoint) -> dict[str, tuple[int, ...]]:
+    """Normalised name -> shape of every tensor in the shards, read from their headers (no tensor data)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for shard in ckpt.shards:
+        try:
+            if shard.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(shard), framework="numpy") as f:
+                    for name in f.keys():
+                        shapes[normalise_name(name)] = tuple(f.get_slice(name).get_shape())
+            else:
+                import torch
+
+                state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+                shapes.update({normalise_name(k): tuple(t.shape) for k, t in state.items()})
+        except Exception as e:  # safetensors and torch raise their own types for corrupt shards
+            raise ModelError(f"cannot read weights from {shard}: {e}") from e
+    return shapes
+
+
+def expected_shapes(ckpt: LlavaCheckpoint, block: str, block_map: dict[str, str], n_blocks: int,
+                    text: bool = True) -> dict[str, tuple | None]:
+    """The tensors the conversion reads and the shapes the configuration implies (None: any shape).
+
+    `block`, `block_map`: the tower's block name pattern and its per-block tensors (converters.vision_towers);
+    `text`: the language model is converted from the checkpoint too."""
+    v, t = ckpt.vision, ckpt.text
+    d = v["hidden_size"]
+    ff = v.get("intermediate_size") or 4 * d
+    want: dict[str, tuple | None] = {}
+    for i in range(n_blocks):
+        pre = "vision_tower." + block.format(i=i)
+        for hf, gg in block_map.items():
+            shape = {"ffn_up": (ff, d), "ffn_down": (d, ff)}.get(gg, (d,) if gg.startswith("ln") else (d, d))
+            want[pre + hf + ".weight"] = None if v["model_type"] == "dinov2" and gg.startswith("ffn") else shape
+    h = t["hidden_size"]
+    want["multi_modal_projector.linear_1.weight"] = None
+    n_text = t.get("num_hidden_layers")
+    if n_text is None or not text:
+        return want
+    heads = t.get("num_attention_heads")
+    kv = t.get("num_key_value_heads") or heads
+    head_dim = t.get("head_dim") or (h // heads if heads else None)
+    inter, vocab = t.get("intermediate_size"), t.get("vocab_size")
+    lm = "language_model.model."
+    want[lm + "embed_tokens.weight"] = (vocab, h) if vocab else None
+    want[lm + "norm.weight"] = (h,)
+    for i in range(n_text):
+        p = f"{lm}layers.{i}."
+        q = (heads * head_dim, h) if heads and head_dim else None
+        k = (kv * head_dim, h) if kv and head_dim else None
+        want.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                     p + "self_attn.v_proj.weight": k,
+                     p + "self_attn.o_proj.weight": (h, heads * head_dim) if q else None,
+                     p + "mlp.gate_proj.weight": (inter, h) if inter else None,
+                     p + "mlp.up_proj.weight": (inter, h) if inter else None,
+                     p + "mlp.down_proj.weight": (h, inter) if inter else None,
+                     p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
+    return want
+
+
+def check_tensors(ckpt: LlavaCheckpoint, block: str, block_map: dict[str, str], n_blocks: int,
+                  text: bool = True) -> None:
+    """Every tensor the configuration implies is present with its shape, and the language model has no layer the
+    configuration does not count: a mismatch is named before any conversion work starts."""
+    have = tensor_index(ckpt)
+    for name, shape in expected_shapes(ckpt, block, block_map, n_blocks, text).items():
+        if name not in have:
+            raise ModelError(f"checkpoint lacks tensor {name} (its config implies it)")
+        if shape is not None and have[name] != shape:
+            raise ModelError(f"checkpoint tensor {name} has shape {list(have[name])}; its config implies {list(shape)}")
+    n_text = ckpt.text.get("num_hidden_layers")
+    if n_text is not None and text:
+        layers = {int(n.split(".")[3]) for n in have if n.startswith("language_model.model.layers.")
+                  and n.split(".")[3].isdigit()}
+        if layers and max(layers) >= n_text:
+            raise ModelError(f"text_config.num_hidden_layers = {n_text}, but the checkpoint holds language-model "
+                             f"layers up to {max(layers)}")
+    if "multi_modal_projector.linear_2.weight" in have:
+        w1, w2 = have["multi_modal_projector.linear_1.weight"], have["multi_modal_projector.linear_2.weight"]
+        if len(w2) != 2 or w2[0] != ckpt.text["hidden_size"] or w2[1] != w1[0]:
+            raise ModelError(f"projector shapes {list(w1)} -> {list(w2)} do not lead to the language model's "
+                             f"{ckpt.text['hidden_size']}")

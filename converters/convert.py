@@ -17,9 +17,11 @@ from tqdm import tqdm
 
 from atp_cli.errors import InputError, ModelError
 from atp_cli.pruning.store import AtpWeights, add_to_writer, attach_atp
-from converters.checkpoint import LlavaCheckpoint, open_checkpoint
+from atp_cli.runtime.mmproj_check import check_mmproj
+from converters.checkpoint import LlavaCheckpoint, check_tensors, open_checkpoint
 from converters.llm import convert_text_model
-from converters.mmproj import write_mmproj
+from converters.mmproj import n_blocks_run, write_mmproj
+from converters.vision_towers import layout
 from converters.quantize import FTYPES
 
 MODEL_FILE = "model-{outtype}.gguf"
@@ -49,6 +51,9 @@ class ConvertSummary:
 
 
 def _check_output(src: Path, out: Path, force: bool) -> None:
+    blocking = next((p for p in out.absolute().parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InputError(f"cannot write {out}: {blocking} is a file, not a folder")
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise InputError("the output folder must not be the checkpoint folder or inside it (inputs are never modified)")
     if out.exists() and not force:
@@ -61,8 +66,14 @@ def _check_disk(ckpt: LlavaCheckpoint, parent: Path, outtype: str) -> None:
     need = sum(p.stat().st_size for p in ckpt.shards) * (1.0 if outtype in ("f32", "f16", "bf16") else 1.5)
     free = shutil.disk_usage(parent).free
     if free < need:
-        raise InputError(f"not enough disk space in {parent}: about {need / 2**30:.1f} GiB needed, "
-                         f"{free / 2**30:.1f} GiB free")
+        raise InputError(f"not enough disk space in {parent}: about {_size(need)} needed, {_size(free)} free")
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOptions()) -> ConvertSummary:
@@ -70,7 +81,11 @@ def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOpti
     src, out = Path(src), Path(out)
     if opts.outtype not in FTYPES:
         raise InputError(f"unknown output type {opts.outtype!r}; choose one of {', '.join(FTYPES)}")
+    if opts.image_size is not None and (isinstance(opts.image_size, bool) or opts.image_size < 1):
+        raise InputError(f"--image-size must be a positive integer, got {opts.image_size}")
     ckpt = open_checkpoint(src)
+    lay = layout(ckpt.vision)
+    check_tensors(ckpt, lay.block, lay.block_map, n_blocks_run(ckpt), text=opts.llm_gguf is None)
     _check_output(src, out, opts.force)
     if opts.atp is not None:
         opts.atp.validate(ckpt.text.get("num_hidden_layers"))
@@ -78,6 +93,7 @@ def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOpti
     _check_disk(ckpt, out.parent, opts.outtype)
     image_size = opts.image_size or int(ckpt.preprocessor.get("crop_size", {}).get("height", ckpt.vision["image_size"]))
     work = out.parent / f".{out.name}.partial"
+    log_file = out.parent / f"{out.name}.convert.log"  # kept where the user can read it if the conversion fails
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     summary = ConvertSummary()
@@ -93,10 +109,11 @@ def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOpti
             if opts.llm_gguf is not None:
                 _copy_llm(opts.llm_gguf, ckpt, work / model_name)
             else:
-                convert_text_model(src, work / model_name, opts.outtype, log_file=work / "convert.log")
+                convert_text_model(src, work / model_name, opts.outtype, log_file=log_file)
             bar.update()
             bar.set_postfix_str("finishing")
             _replace_folder(work, out)
+            log_file.unlink(missing_ok=True)
             bar.update()
         for name in (model_name, mmproj_name):
             summary.files[name] = (out / name).stat().st_size
@@ -122,7 +139,6 @@ def _copy_llm(gguf_path: Path, ckpt: LlavaCheckpoint, dst: Path) -> None:
 
 
 def _replace_folder(work: Path, out: Path) -> None:
-    (work / "convert.log").unlink(missing_ok=True)
     if out.exists():
         old = out.parent / f".{out.name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -143,17 +159,22 @@ def find_pair(folder: Path) -> tuple[Path, Path]:
 
 
 def model_depth(model: Path) -> int:
-    reader = gguf.GGUFReader(model)
-    arch = reader.fields["general.architecture"].contents()
-    field_ = reader.fields.get(f"{arch}.block_count")
-    if field_ is None:
-        raise ModelError(f"{model} has no {arch}.block_count")
-    return int(field_.contents())
+    try:
+        reader = gguf.GGUFReader(model)
+        arch = reader.fields["general.architecture"].contents()
+        field_ = reader.fields.get(f"{arch}.block_count")
+        depth = None if field_ is None else field_.contents()
+    except (OSError, ValueError, IndexError, KeyError) as e:
+        raise ModelError(f"cannot read {model} as a GGUF language model: {e}") from e
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ModelError(f"{model}: {arch}.block_count = {depth!r}; expected a positive integer")
+    return depth
 
 
 def attach(folder: str | Path, weights: AtpWeights) -> Path:
     """Add or replace ATP weights in a converted folder's mmproj; returns the mmproj path."""
     model, mmproj = find_pair(Path(folder))
-    weights.validate(model_depth(model))
+    n_visual = check_mmproj(mmproj).n_tokens
+    weights.validate(model_depth(model), n_visual, where=f"ATP weights for {folder}")
     attach_atp(mmproj, weights)
     return mmproj

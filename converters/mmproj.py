@@ -55,6 +55,9 @@ def mmproj_tensors(ckpt: LlavaCheckpoint, image_size: int, keep_cls: bool) -> di
     for i in range(n_blocks_run(ckpt)):
         out.update(block_tensors(state, lay, i, d))
     out.update(projector_tensors(state, ckpt.text["hidden_size"]))
+    for name, arr in out.items():
+        if not np.isfinite(arr).all():
+            raise ModelError(f"checkpoint tensor for {name} holds NaN or inf")
     given = d * len(ckpt.feature_layers)
     if out["mm.0.weight"].shape[1] != given:
         raise ModelError(f"projector takes {out['mm.0.weight'].shape[1]} features, the vision tower gives {given} "

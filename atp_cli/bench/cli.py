@@ -51,15 +51,15 @@ def bench() -> None:
 @click.option("--data", type=click.Path(path_type=Path), help="LLaVA-format JSONL; default: generate --split.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--source", type=click.Choice(["scenes", "mosaics", "mix"]), default="scenes", show_default=True)
-@click.option("-n", "count", type=int, default=60, show_default=True, help="Questions.")
+@click.option("-n", "count", type=click.IntRange(1), default=60, show_default=True, help="Questions.")
 @click.option("--strategies", default=DEFAULT_STRATEGIES, show_default=True)
 @click.option("--budgets", default="144", show_default=True, help="Average visual tokens over all layers.")
 @click.option("--calibration", type=click.Path(path_type=Path),
               help="JSONL whose first 6 questions calibrate atp-free to each budget (not the test data).")
 @click.option("--peer/--no-peer", default=True, show_default=True, help="Also run stock llama-cpp-python.")
 @click.option("--blind/--no-blind", default=True, show_default=True, help="Also ask every question without the image.")
-@click.option("--max-tokens", type=int, default=8, show_default=True)
-@click.option("--threads", type=int, default=0, help="CPU threads (0: all).")
+@click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=8, show_default=True)
+@click.option("--threads", type=click.IntRange(0, 256), default=0, help="CPU threads (0: all).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
 def quality(model_dir: Path | None, data: Path | None, split: str, source: str, count: int, strategies: str,
             budgets: str, calibration: Path | None, peer: bool, blind: bool, max_tokens: int, threads: int,
@@ -107,9 +107,9 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
 
 @bench.command()
 @click.option("--shapes", default="7b,1b", show_default=True, help="Random-weight model shapes: 7b, 1b.")
-@click.option("--budget", type=float, default=144.0, show_default=True, help="Average visual tokens of the atp row.")
-@click.option("--runs", type=int, default=3, show_default=True, help="Runs per configuration (medians).")
-@click.option("--threads", type=int, default=0, help="CPU threads (0: all).")
+@click.option("--budget", type=click.FloatRange(0, min_open=True), default=144.0, show_default=True, help="Average visual tokens of the atp row.")
+@click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Runs per configuration (medians).")
+@click.option("--threads", type=click.IntRange(0, 256), default=0, help="CPU threads (0: all).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=cache_dir("bench"),
               show_default=True, help="Where the random GGUFs are built once and kept.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 
 from atp_cli import cpu
+from atp_cli.files import atomic_path
 from atp_cli.bench.quality import PEER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,9 +28,8 @@ def commit() -> str:
 
 def write_atomic(path: Path, data: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return path
 
 

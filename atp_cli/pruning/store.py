@@ -16,6 +16,7 @@ import numpy as np
 from atp_cli.errors import InputError, ModelError
 from atp_cli.gguf_keys import ATP_FORMAT_VERSION, Atp
 from atp_cli.pruning.atp import ThresholdMLP
+from atp_cli.pruning import schema
 from atp_cli.pruning.config import N_FEATURES, AtpConfig
 
 _MLP_PARTS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
@@ -30,35 +31,48 @@ class AtpWeights:
     free_mass: tuple[float, ...] = ()
     free_stride: tuple[int, ...] = ()
 
-    def validate(self, n_layer: int | None = None) -> None:
-        self.config.validate(n_layer)
-        n = len(self.config.boundaries)
-        if self.mlps and len(self.mlps) != n:
-            raise InputError(f"{len(self.mlps)} threshold MLPs for {n} modules")
-        if self.free_mass and (len(self.free_mass) != n or len(self.free_stride) != n):
-            raise InputError(f"training-free levels must have one entry per module ({n})")
-        if not self.mlps and not self.free_mass:
-            raise InputError("ATP weights hold neither threshold MLPs nor training-free levels")
+    def metadata(self) -> dict[str, object]:
+        """The atp.* keys as stored (absent optional keys left out): what is written and what the schema checks."""
+        c = self.config
+        meta: dict[str, object] = {
+            Atp.FORMAT_VERSION: ATP_FORMAT_VERSION, Atp.N_LAYER: c.n_layer,
+            Atp.BOUNDARIES: list(c.boundaries), Atp.SAP_STRIDES: list(c.strides),
+            Atp.SAP_LAMBDA: c.lam, Atp.TEMPERATURE: c.temperature, Atp.MLP_HIDDEN: c.hidden,
+            Atp.MLP_FEATURES: N_FEATURES, Atp.HAS_MLP: bool(self.mlps),
+        }
+        if c.grid is not None:
+            meta[Atp.GRID] = list(c.grid)
+        if self.free_mass or self.free_stride:
+            meta[Atp.FREE_MASS], meta[Atp.FREE_STRIDE] = list(self.free_mass), list(self.free_stride)
+        return meta
+
+    def validate(self, n_layer: int | None = None, n_visual: int | None = None, where: str = "ATP weights") -> None:
+        """The schema (atp_cli.pruning.schema), and when given the model's depth and visual token count."""
+        schema.check_fields(self.metadata(), where)
+        c = self.config
+        schema.check_consistency(c.boundaries, c.n_layer, c.strides, len(self.mlps), self.free_mass,
+                                 self.free_stride, where)
+        for m, mlp in enumerate(self.mlps):
+            schema.check_mlp_arrays((mlp.fc1_w, mlp.fc1_b, mlp.fc2_w, mlp.fc2_b), c.hidden, N_FEATURES,
+                                    f"{where}: atp.m{m}")
+        if n_layer is not None and n_layer != c.n_layer:
+            raise schema.SchemaError(f"{where}: {Atp.N_LAYER} = {c.n_layer}; the language model has {n_layer} layers")
+        if n_visual is not None:
+            schema.check_grid(c.grid, n_visual, where)
 
 
 def add_to_writer(writer: gguf.GGUFWriter, weights: AtpWeights) -> None:
     """Queue the atp.* keys and tensors on a writer (before its header is written)."""
     weights.validate()
-    c = weights.config
-    writer.add_uint32(Atp.FORMAT_VERSION, ATP_FORMAT_VERSION)
-    writer.add_uint32(Atp.N_LAYER, c.n_layer)
-    writer.add_array(Atp.BOUNDARIES, [int(b) for b in c.boundaries])
-    writer.add_array(Atp.SAP_STRIDES, [int(s) for s in c.strides])
-    writer.add_float32(Atp.SAP_LAMBDA, c.lam)
-    writer.add_float32(Atp.TEMPERATURE, c.temperature)
-    writer.add_uint32(Atp.MLP_HIDDEN, c.hidden)
-    writer.add_uint32(Atp.MLP_FEATURES, N_FEATURES)
-    writer.add_bool(Atp.HAS_MLP, bool(weights.mlps))
-    if c.grid is not None:
-        writer.add_array(Atp.GRID, [int(c.grid[0]), int(c.grid[1])])
-    if weights.free_mass:
-        writer.add_array(Atp.FREE_MASS, [float(x) for x in weights.free_mass])
-        writer.add_array(Atp.FREE_STRIDE, [int(x) for x in weights.free_stride])
+    for key, value in weights.metadata().items():
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_array(key, value)
     for m, mlp in enumerate(weights.mlps):
         for part, arr in zip(_MLP_PARTS, (mlp.fc1_w, mlp.fc1_b, mlp.fc2_w, mlp.fc2_b)):
             writer.add_tensor(Atp.mlp_tensor(m, part), np.ascontiguousarray(arr, dtype=np.float32))
@@ -66,58 +80,87 @@ def add_to_writer(writer: gguf.GGUFWriter, weights: AtpWeights) -> None:
 
 def _field(reader: gguf.GGUFReader, key: str):
     f = reader.fields.get(key)
-    return None if f is None else f.contents()
+    if f is None:
+        return None
+    try:
+        return f.contents()
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
+        raise schema.SchemaError(f"{key} cannot be read: {e}") from e
+
+
+def weights_from_values(values: dict[str, object], mlp_arrays: list[tuple[np.ndarray, ...]], where: str) -> AtpWeights:
+    """ATP weights from the atp.* values as read (key -> value or None) and each module's four arrays, checked
+    against the schema before anything is built from them."""
+    fields = schema.check_fields(values, where)
+    if fields.get(Atp.MLP_FEATURES, N_FEATURES) != N_FEATURES:
+        raise schema.SchemaError(f"{where}: {Atp.MLP_FEATURES} = {fields[Atp.MLP_FEATURES]}; this atp computes "
+                                 f"{N_FEATURES} features")
+    grid = fields.get(Atp.GRID)
+    config = AtpConfig(
+        n_layer=int(fields[Atp.N_LAYER]),
+        boundaries=tuple(int(b) for b in fields[Atp.BOUNDARIES]),
+        strides=tuple(int(s) for s in fields[Atp.SAP_STRIDES]),
+        lam=float(fields[Atp.SAP_LAMBDA]),
+        temperature=float(fields[Atp.TEMPERATURE]),
+        grid=None if grid is None else (int(grid[0]), int(grid[1])),
+        hidden=int(fields[Atp.MLP_HIDDEN]),
+    )
+    free_mass = tuple(float(x) for x in fields.get(Atp.FREE_MASS, ()))
+    free_stride = tuple(int(x) for x in fields.get(Atp.FREE_STRIDE, ()))
+    schema.check_consistency(config.boundaries, config.n_layer, config.strides, len(mlp_arrays), free_mass,
+                             free_stride, where)
+    for m, arrays in enumerate(mlp_arrays):
+        schema.check_mlp_arrays(arrays, config.hidden, N_FEATURES, f"{where}: atp.m{m}")
+    weights = AtpWeights(config, tuple(ThresholdMLP(*a) for a in mlp_arrays), free_mass, free_stride)
+    weights.validate(where=where)
+    return weights
+
+
+def _tensor_array(t, where: str) -> np.ndarray:
+    if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        raise schema.SchemaError(f"{where}: tensor {t.name} is stored as {t.tensor_type.name}; expected F32 or F16")
+    return np.array(t.data, dtype=np.float32).reshape(tuple(reversed(t.shape.tolist())))
 
 
 def read_atp(path: str | Path) -> AtpWeights | None:
-    """The ATP weights stored in a GGUF file, or None if it has none."""
+    """The ATP weights stored in a GGUF file, or None if it has none; raises SchemaError for a broken set."""
     try:
         reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, IndexError, KeyError) as e:
         raise ModelError(f"cannot read {path} as GGUF: {e}") from e
-    version = _field(reader, Atp.FORMAT_VERSION)
-    if version is None:
+    where = str(path)
+    values = {f.key: _field(reader, f.key) for f in schema.FIELDS}
+    if values[Atp.FORMAT_VERSION] is None:
+        if any(v is not None for v in values.values()):
+            raise schema.SchemaError(f"{where}: atp.* keys without {Atp.FORMAT_VERSION}")
         return None
-    if version != ATP_FORMAT_VERSION:
-        raise ModelError(f"{path}: ATP format version {version}, this atp reads {ATP_FORMAT_VERSION}")
-    grid = _field(reader, Atp.GRID)
-    config = AtpConfig(
-        n_layer=int(_field(reader, Atp.N_LAYER)),
-        boundaries=tuple(int(b) for b in _field(reader, Atp.BOUNDARIES)),
-        strides=tuple(int(s) for s in _field(reader, Atp.SAP_STRIDES)),
-        lam=float(_field(reader, Atp.SAP_LAMBDA)),
-        temperature=float(_field(reader, Atp.TEMPERATURE)),
-        grid=None if grid is None else (int(grid[0]), int(grid[1])),
-        hidden=int(_field(reader, Atp.MLP_HIDDEN)),
-    )
+    schema.check_fields(values, where)  # the keys first: the tensors are read by what they say
     tensors = {t.name: t for t in reader.tensors if t.name.startswith("atp.")}
-    mlps = []
-    if _field(reader, Atp.HAS_MLP):
-        for m in range(len(config.boundaries)):
-            parts = []
-            for part in _MLP_PARTS:
-                t = tensors.get(Atp.mlp_tensor(m, part))
-                if t is None:
-                    raise ModelError(f"{path}: missing tensor {Atp.mlp_tensor(m, part)}")
-                parts.append(np.array(t.data, dtype=np.float32).reshape(tuple(reversed(t.shape.tolist()))))
-            mlps.append(ThresholdMLP(*parts))
-    mass = _field(reader, Atp.FREE_MASS)
-    stride = _field(reader, Atp.FREE_STRIDE)
-    weights = AtpWeights(
-        config,
-        tuple(mlps),
-        tuple(float(x) for x in mass) if mass is not None else (),
-        tuple(int(x) for x in stride) if stride is not None else (),
-    )
-    weights.validate()
-    return weights
+    n_modules = len(values[Atp.BOUNDARIES])
+    mlp_arrays = []
+    if values[Atp.HAS_MLP]:
+        for m in range(n_modules):
+            names = [Atp.mlp_tensor(m, part) for part in _MLP_PARTS]
+            missing = [n for n in names if n not in tensors]
+            if missing:
+                raise schema.SchemaError(f"{where}: {missing[0]} is missing ({Atp.BOUNDARIES} has {n_modules} modules)")
+            mlp_arrays.append(tuple(_tensor_array(tensors[n], where) for n in names))
+    expected = {Atp.mlp_tensor(m, part) for m in range(len(mlp_arrays)) for part in _MLP_PARTS}
+    extra = sorted(set(tensors) - expected)
+    if extra:
+        raise schema.SchemaError(f"{where}: ATP tensors {extra[:4]} do not belong to the {n_modules} modules of "
+                                 f"{Atp.BOUNDARIES} (or {Atp.HAS_MLP} is false)")
+    return weights_from_values(values, mlp_arrays, where)
 
 
 def attach_atp(gguf_path: str | Path, weights: AtpWeights) -> None:
     """Add or replace the ATP weights of an existing GGUF file (rewritten to a temporary name, then renamed)."""
     gguf_path = Path(gguf_path)
     weights.validate()
-    reader = gguf.GGUFReader(gguf_path)
+    try:
+        reader = gguf.GGUFReader(gguf_path)
+    except (OSError, ValueError, IndexError, KeyError) as e:
+        raise ModelError(f"cannot read {gguf_path} as GGUF: {e}") from e
     arch = _field(reader, gguf.Keys.General.ARCHITECTURE) or "clip"
     tmp = gguf_path.with_name(gguf_path.name + ".part")
     try:
@@ -138,6 +181,8 @@ def attach_atp(gguf_path: str | Path, weights: AtpWeights) -> None:
         writer.close()
         del reader
         os.replace(tmp, gguf_path)
+    except OSError as e:  # a full disk, a read-only folder: the file in place is untouched
+        raise InputError(f"cannot write the ATP weights into {gguf_path}: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -177,20 +222,27 @@ def load_safetensors(path: str | Path) -> AtpWeights:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError) as e:
+    except Exception as e:  # safetensors raises its own error types for corrupt files
         raise InputError(f"cannot read ATP weights from {path}: {e}") from e
     if "atp_config" not in meta:
         raise InputError(f"{path} holds no ATP configuration (not written by `atp train`/`atp calibrate`)")
-    cfg = json.loads(meta["atp_config"])
-    config = AtpConfig(n_layer=cfg["n_layer"], boundaries=tuple(cfg["boundaries"]), strides=tuple(cfg["strides"]),
-                       lam=cfg["lam"], temperature=cfg["temperature"],
-                       grid=tuple(cfg["grid"]) if cfg.get("grid") else None, hidden=cfg["hidden"])
-    mlps = []
-    m = 0
-    while f"m{m}.fc1.weight" in tensors:
-        mlps.append(ThresholdMLP(*(tensors[f"m{m}.{part}"] for part in _MLP_PARTS)))
-        m += 1
-    weights = AtpWeights(config, tuple(mlps), tuple(json.loads(meta.get("free_mass", "[]"))),
-                         tuple(json.loads(meta.get("free_stride", "[]"))))
-    weights.validate()
-    return weights
+    try:
+        cfg = json.loads(meta["atp_config"])
+        free_mass, free_stride = json.loads(meta.get("free_mass", "[]")), json.loads(meta.get("free_stride", "[]"))
+    except json.JSONDecodeError as e:
+        raise schema.SchemaError(f"{path}: the ATP metadata is not JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise schema.SchemaError(f"{path}: atp_config = {cfg!r}; expected a JSON object")
+    names = {"n_layer": Atp.N_LAYER, "boundaries": Atp.BOUNDARIES, "strides": Atp.SAP_STRIDES, "lam": Atp.SAP_LAMBDA,
+             "temperature": Atp.TEMPERATURE, "grid": Atp.GRID, "hidden": Atp.MLP_HIDDEN}
+    values: dict[str, object] = {key: cfg.get(name) for name, key in names.items()}
+    values[Atp.FORMAT_VERSION] = ATP_FORMAT_VERSION
+    values[Atp.FREE_MASS], values[Atp.FREE_STRIDE] = free_mass or None, free_stride or None
+    mlp_arrays = []
+    while f"m{len(mlp_arrays)}.fc1.weight" in tensors:
+        m = len(mlp_arrays)
+        missing = [p for p in _MLP_PARTS if f"m{m}.{p}" not in tensors]
+        if missing:
+            raise schema.SchemaError(f"{path}: m{m}.{missing[0]} is missing")
+        mlp_arrays.append(tuple(np.asarray(tensors[f"m{m}.{p}"], dtype=np.float32) for p in _MLP_PARTS))
+    return weights_from_values(values, mlp_arrays, str(path))

@@ -10,6 +10,7 @@ ones are bound in `native.py`.
 from __future__ import annotations
 
 import ctypes
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -45,12 +46,27 @@ def lib_dir() -> Path:
     return Path(llama._lib._name).resolve().parent  # type: ignore[attr-defined]
 
 
+def mapped_libraries() -> list[str]:
+    """Paths of the shared objects mapped into this process (empty where /proc is not there)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return []
+    paths = {line.split()[-1] for line in maps.splitlines() if line.count(" ") >= 5 and ".so" in line}
+    return sorted(p for p in paths if p.startswith("/"))
+
+
 @lru_cache(maxsize=1)
 def _ggml() -> ctypes.CDLL:
-    """libggml (the registry) as already loaded by libllama; binds the few symbols used here."""
-    path = lib_dir() / "libggml.so"
+    """libggml (the backend registry) exactly as libllama loaded it, with the few symbols used here bound.
+
+    A wheel stores libggml.so, libggml.so.0, ... as separate copies (wheels hold no symlinks): opening another copy
+    than the one libllama linked would give a second, empty registry."""
+    llama.llama_backend_init()
+    loaded = [p for p in mapped_libraries() if re.fullmatch(r"libggml\.so(\.\d+)*", Path(p).name)]
+    path = Path(loaded[0]) if loaded else lib_dir() / "libggml.so.0"
     if not path.is_file():
-        raise NativeLibraryError(f"libggml.so not found beside libllama in {path.parent}")
+        raise NativeLibraryError(f"libggml is not loaded and not found beside libllama in {lib_dir()}")
     lib = ctypes.CDLL(str(path))
     vp = ctypes.c_void_p
     for name, restype, argtypes in (
@@ -89,15 +105,7 @@ def parse_cpu_features(info: str) -> dict[str, str]:
 
 def loaded_cpu_library() -> str:
     """The libggml-cpu*.so mapped into this process (the variant ggml chose), or "" if none is mapped."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return ""
-    for line in maps.splitlines():
-        path = line.split()[-1] if line.split() else ""
-        if Path(path).name.startswith("libggml-cpu") and ".so" in path:
-            return path
-    return ""
+    return next((p for p in mapped_libraries() if Path(p).name.startswith("libggml-cpu")), "")
 
 
 def _extra_buffer_types() -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from atp_cli.errors import InputError, ModelError
 from atp_cli.image_input import MAX_PIXELS
+from atp_cli.runtime.mmproj_check import check_mmproj
 from atp_cli.runtime.model import LlamaModel, check_gguf_file
 from atp_cli.runtime.owner import Closeable
 
@@ -21,6 +22,7 @@ class ImageEncoder(Closeable):
     def __init__(self, mmproj: str | Path, model: LlamaModel, n_threads: int = 0, warmup: bool = False) -> None:
         self.path = Path(mmproj)
         check_gguf_file(self.path)
+        self.info = check_mmproj(self.path, model.n_embd)  # before mtmd: its loader asserts instead of failing
         self.model = model
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = False
@@ -34,19 +36,10 @@ class ImageEncoder(Closeable):
                              "(wrong file, or its output size does not match the language model)")
         self.ptr = ptr
         self.marker = mtmd.mtmd_default_marker()
-        self._n_tokens = self._read_token_count()
 
     def n_tokens(self) -> int:
         """Visual tokens per image (the mmproj's (image_size / patch_size)^2)."""
-        return self._n_tokens
-
-    def _read_token_count(self) -> int:
-        import gguf
-
-        reader = gguf.GGUFReader(self.path)
-        size = int(reader.fields["clip.vision.image_size"].contents())
-        patch = int(reader.fields["clip.vision.patch_size"].contents())
-        return (size // patch) ** 2
+        return self.info.n_tokens
 
     def encode(self, image: Image.Image) -> np.ndarray:
         """(n_tokens, n_embd) float32 rows in raster order."""
