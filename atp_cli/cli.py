@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from atp_cli.bench.cli import bench
+from atp_cli.cli_types import THREADS, FiniteRange
 from atp_cli.errors import AtpError
 
 EXAMPLE_IMAGE = Path(__file__).resolve().parent / "examples" / "sunset.png"
-THREADS = click.IntRange(0, 256)  # 0: every usable core; ggml runs at most 512 threads
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -69,7 +69,7 @@ def info(model: Path) -> None:
 @cli.command()
 @click.option("--image", type=click.Path(path_type=Path), default=EXAMPLE_IMAGE, show_default=True)
 @click.option("--question", default="What is the main colour of the image? Answer in one word.", show_default=True)
-@click.option("--keep-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
+@click.option("--keep-ratio", type=FiniteRange(0, 1, min_open=True), default=0.25, show_default=True,
               help="Fraction of visual tokens kept after the pruning layer (1.0: no pruning).")
 @click.option("--layer", type=click.IntRange(1), default=3, show_default=True, help="Prune after this decoder layer.")
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=48, show_default=True)
@@ -123,15 +123,15 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--budget", type=click.FloatRange(0, min_open=True), default=144.0, show_default=True,
+@click.option("--budget", type=FiniteRange(0, min_open=True), default=144.0, show_default=True,
               help="Visual tokens averaged over all decoder layers (paper metric).")
 @click.option("--boundaries", help="Comma-separated module boundaries (default: spread like 5/15/25 of 32; at a 25 % "
                                    "budget the default model kept more accuracy with 2,10,20 of 30: docs/TRAINING.md).")
 @click.option("--steps", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--accumulate", type=click.IntRange(1), default=4, show_default=True, help="Examples per optimizer step.")
-@click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=1e-3, show_default=True)
-@click.option("--lambda-budget", type=click.FloatRange(0), default=2.0, show_default=True)
-@click.option("--distill", type=click.FloatRange(0), default=0.0, show_default=True, help="Weight of KL to the unpruned model.")
+@click.option("--lr", type=FiniteRange(0, 10, min_open=True), default=1e-3, show_default=True)
+@click.option("--lambda-budget", type=FiniteRange(0), default=2.0, show_default=True)
+@click.option("--distill", type=FiniteRange(0), default=0.0, show_default=True, help="Weight of KL to the unpruned model.")
 @click.option("--llm", type=click.Choice(["freeze", "lora", "finetune"]), default="freeze", show_default=True)
 @click.option("--save-model", type=click.Path(path_type=Path), help="Where to save the tuned checkpoint (lora/finetune).")
 @click.option("--hard-masks", is_flag=True,
@@ -164,7 +164,7 @@ def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: st
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--budget", type=click.FloatRange(0, min_open=True), default=144.0, show_default=True,
+@click.option("--budget", type=FiniteRange(0, min_open=True), default=144.0, show_default=True,
               help="Visual tokens averaged over all decoder layers (paper metric).")
 @click.option("--strides", default="4,6,8", show_default=True, help="SAP grid stride per module (0: none).")
 @click.option("--limit", type=click.IntRange(1), default=32, show_default=True, help="Calibration records used.")
@@ -201,8 +201,8 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
 @click.option("--json", "as_json", is_flag=True, help="One-shot: print the answer and statistics as JSON.")
 @click.option("--show-keep", type=click.Path(path_type=Path), help="Write a PNG of the tokens kept per module.")
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0, 100), default=0.0, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--temperature", type=FiniteRange(0, 100), default=0.0, show_default=True)
+@click.option("--top-p", type=FiniteRange(0, 1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--n-ctx", type=click.IntRange(64, 1 << 20), default=2048, show_default=True)
 @click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     verbose = bool({"-v", "--verbose"} & set(args[:1]))
     try:
-        cli(args=args, standalone_mode=False)
+        cli(args=args, prog_name="atp", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)

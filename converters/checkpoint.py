@@ -125,6 +125,9 @@ def open_checkpoint(folder: str | Path) -> LlavaCheckpoint:
             "supported: llava-hf layout with CLIP, SigLIP or DINOv2 towers and a llama-architecture LLM"
         )
     vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
+    for name, section in (("vision_config", vision), ("text_config", text)):
+        if not isinstance(section, dict):
+            raise ModelError(f"config.json {name} = {section!r}; expected an object")
     if vision.get("model_type") not in VISION_TOWERS:
         raise ModelError(f"vision tower {vision.get('model_type')!r} is not supported; supported: {VISION_TOWERS}")
     if text.get("model_type", "llama") not in TEXT_MODELS:

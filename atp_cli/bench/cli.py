@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from atp_cli.cli_types import THREADS, FiniteRange
 from atp_cli.paths import cache_dir
 
 DEFAULT_STRATEGIES = "none,atp,atp-free,fastv,pdrop,visionzip-style,uniform,random"
@@ -59,7 +60,7 @@ def bench() -> None:
 @click.option("--peer/--no-peer", default=True, show_default=True, help="Also run stock llama-cpp-python.")
 @click.option("--blind/--no-blind", default=True, show_default=True, help="Also ask every question without the image.")
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=8, show_default=True)
-@click.option("--threads", type=click.IntRange(0, 256), default=0, help="CPU threads (0: all).")
+@click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
 def quality(model_dir: Path | None, data: Path | None, split: str, source: str, count: int, strategies: str,
             budgets: str, calibration: Path | None, peer: bool, blind: bool, max_tokens: int, threads: int,
@@ -107,9 +108,9 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
 
 @bench.command()
 @click.option("--shapes", default="7b,1b", show_default=True, help="Random-weight model shapes: 7b, 1b.")
-@click.option("--budget", type=click.FloatRange(0, min_open=True), default=144.0, show_default=True, help="Average visual tokens of the atp row.")
+@click.option("--budget", type=FiniteRange(0, min_open=True), default=144.0, show_default=True, help="Average visual tokens of the atp row.")
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Runs per configuration (medians).")
-@click.option("--threads", type=click.IntRange(0, 256), default=0, help="CPU threads (0: all).")
+@click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=cache_dir("bench"),
               show_default=True, help="Where the random GGUFs are built once and kept.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)

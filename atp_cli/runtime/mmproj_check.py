@@ -18,6 +18,32 @@ import numpy as np
 from atp_cli.errors import ModelError
 
 
+_T = gguf.GGUFValueType
+# scalar keys libmtmd reads with gguf_get_val_<type>, which asserts on any other stored type (arrays it checks itself)
+SCALAR_TYPES = {
+    "general.name": _T.STRING, "general.description": _T.STRING, "general.file_type": _T.UINT32,
+    "clip.projector_type": _T.STRING, "clip.vision.projector_type": _T.STRING,
+    "clip.vision.mm_patch_merge_type": _T.STRING,
+    "clip.has_vision_encoder": _T.BOOL, "clip.has_audio_encoder": _T.BOOL, "clip.has_gen_audio_encoder": _T.BOOL,
+    "clip.has_llava_projector": _T.BOOL, "clip.use_gelu": _T.BOOL, "clip.use_silu": _T.BOOL,
+    "clip.minicpmv_version": _T.INT32, "clip.minicpmv_query_num": _T.UINT32,
+    "clip.vision.attention.layer_norm_epsilon": _T.FLOAT32,
+    **{f"clip.vision.{k}": _T.UINT32 for k in (
+        "embedding_length", "feed_forward_length", "block_count", "projection_dim", "attention.head_count",
+        "attention.head_count_kv", "attention.head_dim", "image_size", "patch_size", "image_min_pixels",
+        "image_max_pixels", "preproc_min_tiles", "preproc_max_tiles", "preproc_image_size", "spatial_merge_size",
+        "projector.scale_factor", "n_wa_pattern", "window_size")},
+}
+
+
+def _check_types(reader: gguf.GGUFReader, where: str) -> None:
+    for key, expected in SCALAR_TYPES.items():
+        field = reader.fields.get(key)
+        if field is not None and field.types and field.types[0] != expected:
+            raise ModelError(f"{where}: {key} is stored as {field.types[0].name}; llama.cpp reads it as "
+                             f"{expected.name}")
+
+
 @dataclass(frozen=True)
 class MmprojInfo:
     image_size: int
@@ -72,6 +98,7 @@ def check_mmproj(path: str | Path, n_embd_text: int | None = None) -> MmprojInfo
         reader = gguf.GGUFReader(path)
     except (OSError, ValueError, IndexError, KeyError) as e:  # truncated or not GGUF
         raise ModelError(f"cannot read {path} as GGUF: {e}") from e
+    _check_types(reader, where)
     if not _value(reader, "clip.has_vision_encoder"):
         raise ModelError(f"{where} has no vision encoder (clip.has_vision_encoder); is it an mmproj file?")
     image = _int(reader, "clip.vision.image_size", 1, 8192, where)
@@ -96,7 +123,7 @@ def check_mmproj(path: str | Path, n_embd_text: int | None = None) -> MmprojInfo
         raise ModelError(f"{where}: clip.vision.feature_layer = {layers!r}; expected layers in [0, {blocks}]")
     projection = _value(reader, "clip.vision.projection_dim")
     if (_value(reader, "clip.projector_type") or "mlp") == "mlp":  # LLaVA's projector: its tensors are known
-        out_dim = _check_tensors(_shapes(reader), width, blocks, patch, where)
+        out_dim = _check_tensors(_shapes(reader), width, blocks, image, patch, where)
     else:  # other projectors: mtmd checks their output width against the language model itself
         out_dim = int(projection) if isinstance(projection, int) else (n_embd_text or 0)
     if n_embd_text is not None and out_dim != n_embd_text:
@@ -106,7 +133,7 @@ def check_mmproj(path: str | Path, n_embd_text: int | None = None) -> MmprojInfo
     return MmprojInfo(image, patch, width, blocks, out_dim)
 
 
-def _check_tensors(shapes: dict[str, tuple[int, ...]], width: int, blocks: int, patch: int,
+def _check_tensors(shapes: dict[str, tuple[int, ...]], width: int, blocks: int, image: int, patch: int,
                    where: str) -> int:
     """Tensors the llava graph reads, with the shapes the keys imply; returns the projector's output width."""
     def need(name: str, expected: tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -118,9 +145,10 @@ def _check_tensors(shapes: dict[str, tuple[int, ...]], width: int, blocks: int, 
         return shape
 
     need("v.patch_embd.weight", (width, 3, patch, patch))
-    pos = need("v.position_embd.weight")
-    if len(pos) != 2 or pos[1] != width:
-        raise ModelError(f"{where}: tensor v.position_embd.weight has shape {list(pos)}; expected [n, {width}]")
+    n_rows = (image // patch) ** 2 + ("v.class_embd" in shapes)
+    need("v.position_embd.weight", (n_rows, width))  # one row per patch (and CLS): the graph indexes it so
+    if "v.class_embd" in shapes:
+        need("v.class_embd", (width,))
     # block tensors up to the deepest layer the graph runs: llama.cpp loads every block it is told there is.
     # The feed-forward width is read from the tensors, as the graph does (feed_forward_length is not used by it)
     for i in range(blocks):
@@ -131,8 +159,27 @@ def _check_tensors(shapes: dict[str, tuple[int, ...]], width: int, blocks: int, 
             raise ModelError(f"{where}: tensor v.blk.{i}.ffn_up.weight has shape {list(up)}; expected [n_ff, {width}]")
         need(f"v.blk.{i}.ffn_down.weight", (width, up[0]))
     mm0 = need("mm.0.weight")
-    mm2 = need("mm.2.weight")
-    if len(mm0) != 2 or len(mm2) != 2 or mm2[1] != mm0[0] or mm0[1] % width:
-        raise ModelError(f"{where}: projector tensors mm.0.weight {list(mm0)} and mm.2.weight {list(mm2)} do not "
-                         f"chain from the tower's {width} features")
-    return mm2[0]
+    mm2 = shapes.get("mm.2.weight")  # absent in a one-layer (Yi-style) projector
+    if len(mm0) != 2 or mm0[1] % width or (mm2 is not None and (len(mm2) != 2 or mm2[1] != mm0[0])):
+        raise ModelError(f"{where}: projector tensors mm.0.weight {list(mm0)} and mm.2.weight "
+                         f"{list(mm2) if mm2 else None} do not chain from the tower's {width} features")
+    need("mm.0.bias", (mm0[0],))  # the graph adds both biases unconditionally
+    if mm2 is not None:
+        need("mm.2.bias", (mm2[0],))
+    _check_vectors(shapes, width, where)
+    return mm2[0] if mm2 is not None else mm0[0]
+
+
+def _check_vectors(shapes: dict[str, tuple[int, ...]], width: int, where: str) -> None:
+    """Optional tensors, where present, of the size the graph adds or multiplies them at: each bias as long as its
+    weight's output, each norm as wide as the tower."""
+    for name, shape in shapes.items():
+        if name.endswith(".bias") and name.startswith(("v.", "mm.")):
+            weight = shapes.get(name[: -len("bias")] + "weight")
+            rows = weight[0] if weight else None
+            if ".ln" in name or "_ln" in name or "norm" in name:
+                rows = width
+            if rows is not None and shape != (rows,):
+                raise ModelError(f"{where}: tensor {name} has shape {list(shape)}; expected [{rows}]")
+        elif name.endswith(".weight") and (".ln" in name or "_ln" in name or "norm" in name) and shape != (width,):
+            raise ModelError(f"{where}: tensor {name} has shape {list(shape)}; expected [{width}]")

@@ -1,0 +1,21 @@
+"""Option types shared by the `atp` commands."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+THREADS = click.IntRange(0, 256)  # 0: every usable core; ggml runs at most 512 threads
+
+
+class FiniteRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (NaN compares false with every bound, so a range lets it in)."""
+
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
