@@ -92,7 +92,8 @@ def demo(image: Path, question: str, keep_ratio: float, layer: int, max_tokens: 
               help="Language model type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s, "
                    "q4_k_m, q5_k_s, q5_k_m, q6_k.")
 @click.option("--mmproj-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
-@click.option("--image-size", type=click.IntRange(1, 8192), help="Input size of the vision tower (default: the checkpoint's).")
+@click.option("--image-size", type=click.IntRange(1, 8192),
+              help="Input size of the vision tower (default: the checkpoint's).")
 @click.option("--drop-cls", is_flag=True,
               help="Leave the CLS token out (exact order on stock llama.cpp, approximate values).")
 @click.option("--atp", "atp_path", type=click.Path(path_type=Path),
@@ -131,7 +132,8 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
 @click.option("--accumulate", type=click.IntRange(1), default=4, show_default=True, help="Examples per optimizer step.")
 @click.option("--lr", type=FiniteRange(0, 10, min_open=True), default=1e-3, show_default=True)
 @click.option("--lambda-budget", type=FiniteRange(0), default=2.0, show_default=True)
-@click.option("--distill", type=FiniteRange(0), default=0.0, show_default=True, help="Weight of KL to the unpruned model.")
+@click.option("--distill", type=FiniteRange(0), default=0.0, show_default=True,
+              help="Weight of KL to the unpruned model.")
 @click.option("--llm", type=click.Choice(["freeze", "lora", "finetune"]), default="freeze", show_default=True)
 @click.option("--save-model", type=click.Path(path_type=Path), help="Where to save the tuned checkpoint (lora/finetune).")
 @click.option("--hard-masks", is_flag=True,
@@ -229,7 +231,8 @@ def chat(question: str | None, image: Path, model_dir: Path | None, strategy: st
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
 @click.option("-n", "count", type=click.IntRange(1), default=1000, show_default=True, help="Examples to write.")
-@click.option("--start", type=click.IntRange(0), default=0, show_default=True, help="First example index (seeded per index).")
+@click.option("--start", type=click.IntRange(0), default=0, show_default=True,
+              help="First example index (seeded per index).")
 @click.option("--source", type=click.Choice(["scenes", "mosaics", "mix"]), default="scenes", show_default=True,
               help="Rendered scenes, Fashion-MNIST mosaics (Debian package dataset-fashion-mnist), or both mixed.")
 @click.option("--photos", is_flag=True, help="Write the demo photos (PNG) into OUT instead of question-answer data.")

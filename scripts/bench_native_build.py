@@ -121,8 +121,9 @@ def main() -> None:
             row["prefill_ratio"] = row["prefill_tok_s"] / base["prefill_tok_s"]
             row["decode_ratio"] = row["decode_tok_s"] / base["decode_tok_s"]
             rows.append(row)
-            print(f"{model_name:8s} {name:10s} variant {row['variant']:12s} prefill {row['prefill_tok_s']:8.1f} tok/s "
-                  f"({row['prefill_ratio']:.3f}x)  decode {row['decode_tok_s']:7.2f} tok/s ({row['decode_ratio']:.3f}x)")
+            print(f"{model_name:8s} {name:10s} variant {row['variant']:12s} "
+                  f"prefill {row['prefill_tok_s']:8.1f} tok/s ({row['prefill_ratio']:.3f}x)  "
+                  f"decode {row['decode_tok_s']:7.2f} tok/s ({row['decode_ratio']:.3f}x)")
     if args.json:
         tmp = args.json.with_name(args.json.name + ".part")
         tmp.write_text(json.dumps({"machine": cpu.describe(), "rows": rows}, indent=2))

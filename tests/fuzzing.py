@@ -134,14 +134,22 @@ def check_mmproj_mutant(good: Path, keys: dict, tensors: dict, keep_dir: Path, n
     """'refused', or 'passed' (the mutant is kept in `keep_dir` for `load_in_child`)."""
     from atp_cli.runtime.mmproj_check import check_mmproj
 
-    path = keep_dir / f"m{len(list(keep_dir.iterdir()))}.gguf"
+    path = keep_dir / f"m{len(list(keep_dir.glob('*.gguf')))}.gguf"
     write_mutant(good, path, keys, tensors)
     try:
         check_mmproj(path, n_embd)
     except AtpError:
         path.unlink()
         return "refused"
+    path.with_suffix(".txt").write_text(describe(keys, tensors))
     return "passed"
+
+
+def describe(keys: dict, tensors: dict) -> str:
+    """A mutation in words, for a failure report."""
+    parts = [f"{k} = {'(dropped)' if v is DROP else repr(v)}" for k, v in keys.items()]
+    parts += [f"tensor {k} = {'(dropped)' if v is DROP else f'{v.dtype}{list(v.shape)}'}" for k, v in tensors.items()]
+    return "; ".join(parts)
 
 
 _LOADER = """

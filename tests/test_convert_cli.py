@@ -90,7 +90,8 @@ def test_attach_replaces_atp_weights(ckpt, tmp_path):
 def test_atp_weights_for_another_depth_are_refused(ckpt, tmp_path):
     save_safetensors(atp_weights(n_layer=32), tmp_path / "w.safetensors")
     res = run("convert", ckpt, tmp_path / "out", "--atp", tmp_path / "w.safetensors")
-    assert isinstance(res.exception, InputError) and "atp.n_layer = 32; the language model has 4 layers" in str(res.exception)
+    assert isinstance(res.exception, InputError)
+    assert "atp.n_layer = 32; the language model has 4 layers" in str(res.exception)
     assert not (tmp_path / "out").exists()
 
 

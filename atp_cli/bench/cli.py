@@ -108,7 +108,8 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
 
 @bench.command()
 @click.option("--shapes", default="7b,1b", show_default=True, help="Random-weight model shapes: 7b, 1b.")
-@click.option("--budget", type=FiniteRange(0, min_open=True), default=144.0, show_default=True, help="Average visual tokens of the atp row.")
+@click.option("--budget", type=FiniteRange(0, min_open=True), default=144.0, show_default=True,
+              help="Average visual tokens of the atp row.")
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Runs per configuration (medians).")
 @click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=cache_dir("bench"),

@@ -13,8 +13,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from atp_cli.errors import InputError, ModelError
+from atp_cli.errors import InputError
 from atp_cli.gguf_keys import ATP_FORMAT_VERSION, Atp
+from atp_cli.gguf_read import field_value, open_gguf
 from atp_cli.pruning.atp import ThresholdMLP
 from atp_cli.pruning import schema
 from atp_cli.pruning.config import N_FEATURES, AtpConfig
@@ -79,13 +80,7 @@ def add_to_writer(writer: gguf.GGUFWriter, weights: AtpWeights) -> None:
 
 
 def _field(reader: gguf.GGUFReader, key: str):
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    try:
-        return f.contents()
-    except (ValueError, IndexError, UnicodeDecodeError) as e:
-        raise schema.SchemaError(f"{key} cannot be read: {e}") from e
+    return field_value(reader, key, schema.SchemaError)
 
 
 def weights_from_values(values: dict[str, object], mlp_arrays: list[tuple[np.ndarray, ...]], where: str) -> AtpWeights:
@@ -124,10 +119,7 @@ def _tensor_array(t, where: str) -> np.ndarray:
 
 def read_atp(path: str | Path) -> AtpWeights | None:
     """The ATP weights stored in a GGUF file, or None if it has none; raises SchemaError for a broken set."""
-    try:
-        reader = gguf.GGUFReader(path)
-    except (OSError, ValueError, IndexError, KeyError) as e:
-        raise ModelError(f"cannot read {path} as GGUF: {e}") from e
+    reader = open_gguf(path)
     where = str(path)
     values = {f.key: _field(reader, f.key) for f in schema.FIELDS}
     if values[Atp.FORMAT_VERSION] is None:
@@ -157,10 +149,7 @@ def attach_atp(gguf_path: str | Path, weights: AtpWeights) -> None:
     """Add or replace the ATP weights of an existing GGUF file (rewritten to a temporary name, then renamed)."""
     gguf_path = Path(gguf_path)
     weights.validate()
-    try:
-        reader = gguf.GGUFReader(gguf_path)
-    except (OSError, ValueError, IndexError, KeyError) as e:
-        raise ModelError(f"cannot read {gguf_path} as GGUF: {e}") from e
+    reader = open_gguf(gguf_path)
     arch = _field(reader, gguf.Keys.General.ARCHITECTURE) or "clip"
     tmp = gguf_path.with_name(gguf_path.name + ".part")
     try:

@@ -135,4 +135,5 @@ def cpu_backend() -> CpuBackend:
     name = Path(library).name
     variant = name.removeprefix("libggml-cpu").removeprefix("-").split(".so")[0] if library else ""
     return CpuBackend(library=library, variant=variant, features=features, buffer_types=_extra_buffer_types(),
-                      ggml_version=(lib.ggml_version() or b"").decode(), ggml_commit=(lib.ggml_commit() or b"").decode())
+                      ggml_version=(lib.ggml_version() or b"").decode(),
+                      ggml_commit=(lib.ggml_commit() or b"").decode())

@@ -16,6 +16,7 @@ import gguf
 import numpy as np
 
 from atp_cli.errors import ModelError
+from atp_cli.gguf_read import field_value, open_gguf
 
 
 _T = gguf.GGUFValueType
@@ -57,14 +58,7 @@ class MmprojInfo:
         return (self.image_size // self.patch_size) ** 2
 
 
-def _value(reader: gguf.GGUFReader, key: str):
-    field = reader.fields.get(key)
-    if field is None:
-        return None
-    try:
-        return field.contents()
-    except (ValueError, IndexError, UnicodeDecodeError) as e:
-        raise ModelError(f"{key} cannot be read: {e}") from e
+_value = field_value
 
 
 def _int(reader: gguf.GGUFReader, key: str, lo: int, hi: int, where: str) -> int:
@@ -94,10 +88,7 @@ def check_mmproj(path: str | Path, n_embd_text: int | None = None) -> MmprojInfo
     """Validate an mmproj for llama.cpp's llava graph; `n_embd_text`: the language model's width, when known."""
     path = Path(path)
     where = str(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except (OSError, ValueError, IndexError, KeyError) as e:  # truncated or not GGUF
-        raise ModelError(f"cannot read {path} as GGUF: {e}") from e
+    reader = open_gguf(path)
     _check_types(reader, where)
     if not _value(reader, "clip.has_vision_encoder"):
         raise ModelError(f"{where} has no vision encoder (clip.has_vision_encoder); is it an mmproj file?")
@@ -158,16 +149,16 @@ def _check_tensors(shapes: dict[str, tuple[int, ...]], width: int, blocks: int, 
         if len(up) != 2 or up[1] != width:
             raise ModelError(f"{where}: tensor v.blk.{i}.ffn_up.weight has shape {list(up)}; expected [n_ff, {width}]")
         need(f"v.blk.{i}.ffn_down.weight", (width, up[0]))
-    mm0 = need("mm.0.weight")
-    mm2 = shapes.get("mm.2.weight")  # absent in a one-layer (Yi-style) projector
-    if len(mm0) != 2 or mm0[1] % width or (mm2 is not None and (len(mm2) != 2 or mm2[1] != mm0[0])):
-        raise ModelError(f"{where}: projector tensors mm.0.weight {list(mm0)} and mm.2.weight "
-                         f"{list(mm2) if mm2 else None} do not chain from the tower's {width} features")
-    need("mm.0.bias", (mm0[0],))  # the graph adds both biases unconditionally
-    if mm2 is not None:
-        need("mm.2.bias", (mm2[0],))
+    # both layers and both biases: the graph adds the biases unconditionally, and mtmd reads the output width
+    # of an "mlp" projector from mm.2.weight
+    mm0, mm2 = need("mm.0.weight"), need("mm.2.weight")
+    if len(mm0) != 2 or len(mm2) != 2 or mm0[1] % width or mm2[1] != mm0[0]:
+        raise ModelError(f"{where}: projector tensors mm.0.weight {list(mm0)} and mm.2.weight {list(mm2)} do not "
+                         f"chain from the tower's {width} features")
+    need("mm.0.bias", (mm0[0],))
+    need("mm.2.bias", (mm2[0],))
     _check_vectors(shapes, width, where)
-    return mm2[0] if mm2 is not None else mm0[0]
+    return mm2[0]
 
 
 def _check_vectors(shapes: dict[str, tuple[int, ...]], width: int, where: str) -> None:
