@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from atp_cli.bench.cli import bench
-from atp_cli.cli_types import THREADS, FiniteRange
+from atp_cli.cli_types import THREADS, FiniteRange, PathType
 from atp_cli.errors import AtpError
 
 EXAMPLE_IMAGE = Path(__file__).resolve().parent / "examples" / "sunset.png"
@@ -54,7 +54,7 @@ def doctor(as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=PathType(path_type=Path))
 def info(model: Path) -> None:
     """Print a GGUF language model's architecture and whether the segment runtime supports it."""
     from atp_cli.runtime.model import LlamaModel
@@ -67,7 +67,7 @@ def info(model: Path) -> None:
 
 
 @cli.command()
-@click.option("--image", type=click.Path(path_type=Path), default=EXAMPLE_IMAGE, show_default=True)
+@click.option("--image", type=PathType(path_type=Path), default=EXAMPLE_IMAGE, show_default=True)
 @click.option("--question", default="What is the main colour of the image? Answer in one word.", show_default=True)
 @click.option("--keep-ratio", type=FiniteRange(0, 1, min_open=True), default=0.25, show_default=True,
               help="Fraction of visual tokens kept after the pruning layer (1.0: no pruning).")
@@ -86,8 +86,8 @@ def demo(image: Path, question: str, keep_ratio: float, layer: int, max_tokens: 
 
 
 @cli.command()
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path), required=False)
+@click.argument("src", type=PathType(path_type=Path))
+@click.argument("out", type=PathType(path_type=Path), required=False)
 @click.option("--outtype", default="q4_k_m", show_default=True,
               help="Language model type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s, "
                    "q4_k_m, q5_k_s, q5_k_m, q6_k.")
@@ -96,7 +96,7 @@ def demo(image: Path, question: str, keep_ratio: float, layer: int, max_tokens: 
               help="Input size of the vision tower (default: the checkpoint's).")
 @click.option("--drop-cls", is_flag=True,
               help="Leave the CLS token out (exact order on stock llama.cpp, approximate values).")
-@click.option("--atp", "atp_path", type=click.Path(path_type=Path),
+@click.option("--atp", "atp_path", type=PathType(path_type=Path),
               help="ATP weights to write into the mmproj (safetensors from `atp train` or `atp calibrate`).")
 @click.option("--attach", is_flag=True, help="Add or replace ATP weights in an already converted folder SRC.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -121,9 +121,9 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=PathType(path_type=Path))
+@click.argument("data", type=PathType(path_type=Path))
+@click.argument("out", type=PathType(path_type=Path))
 @click.option("--budget", type=FiniteRange(0, min_open=True), default=144.0, show_default=True,
               help="Visual tokens averaged over all decoder layers (paper metric).")
 @click.option("--boundaries", help="Comma-separated module boundaries (default: spread like 5/15/25 of 32; at a 25 % "
@@ -135,7 +135,7 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
 @click.option("--distill", type=FiniteRange(0), default=0.0, show_default=True,
               help="Weight of KL to the unpruned model.")
 @click.option("--llm", type=click.Choice(["freeze", "lora", "finetune"]), default="freeze", show_default=True)
-@click.option("--save-model", type=click.Path(path_type=Path), help="Where to save the tuned checkpoint (lora/finetune).")
+@click.option("--save-model", type=PathType(path_type=Path), help="Where to save the tuned checkpoint (lora/finetune).")
 @click.option("--hard-masks", is_flag=True,
               help="Forward with inference's hard keep decision (gradient of the soft mask) instead of the soft masks.")
 @click.option("--start-thresholds", type=float, nargs=2, metavar="THETA_R THETA_SP",
@@ -164,8 +164,8 @@ def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: st
 
 
 @cli.command()
-@click.argument("folder", type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("folder", type=PathType(path_type=Path))
+@click.argument("data", type=PathType(path_type=Path))
 @click.option("--budget", type=FiniteRange(0, min_open=True), default=144.0, show_default=True,
               help="Visual tokens averaged over all decoder layers (paper metric).")
 @click.option("--strides", default="4,6,8", show_default=True, help="SAP grid stride per module (0: none).")
@@ -195,13 +195,13 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
 
 @cli.command()
 @click.argument("question", required=False)
-@click.option("--image", type=click.Path(path_type=Path), required=True, help="The image to talk about.")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+@click.option("--image", type=PathType(path_type=Path), required=True, help="The image to talk about.")
+@click.option("--model", "model_dir", type=PathType(path_type=Path),
               help="A folder made by `atp convert` (default: the default model).")
 @click.option("--strategy", default="atp", show_default=True, help="atp, atp-free, fastv, pdrop, visionzip-style, "
               "uniform, random or none.")
 @click.option("--json", "as_json", is_flag=True, help="One-shot: print the answer and statistics as JSON.")
-@click.option("--show-keep", type=click.Path(path_type=Path), help="Write a PNG of the tokens kept per module.")
+@click.option("--show-keep", type=PathType(path_type=Path), help="Write a PNG of the tokens kept per module.")
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
 @click.option("--temperature", type=FiniteRange(0, 100), default=0.0, show_default=True)
 @click.option("--top-p", type=FiniteRange(0, 1, min_open=True), default=1.0, show_default=True)
@@ -228,7 +228,7 @@ def chat(question: str | None, image: Path, model_dir: Path | None, strategy: st
 
 
 @cli.command()
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=PathType(path_type=Path))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
 @click.option("-n", "count", type=click.IntRange(1), default=1000, show_default=True, help="Examples to write.")
 @click.option("--start", type=click.IntRange(0), default=0, show_default=True,
@@ -252,9 +252,9 @@ def data(out: Path, split: str, count: int, start: int, source: str, photos: boo
 
 
 @cli.command("default-model")
-@click.option("--out", type=click.Path(path_type=Path), help="Folder to write (default: ~/.cache/atp/default-model).")
+@click.option("--out", type=PathType(path_type=Path), help="Folder to write (default: ~/.cache/atp/default-model).")
 @click.option("--force", is_flag=True, help="Rebuild even if the folder exists.")
-@click.option("--artifacts", type=click.Path(path_type=Path, exists=True, file_okay=False),
+@click.option("--artifacts", type=PathType(path_type=Path, exists=True, file_okay=False),
               help="Trained artifacts to assemble (projector, lora, atp .safetensors; default: the committed ones).")
 def default_model(out: Path | None, force: bool, artifacts: Path | None) -> None:
     """Assemble the default model (DINOv2-S + trained projector + SmolLM2-135M + ATP) from packaged weights."""

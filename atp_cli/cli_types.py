@@ -19,3 +19,12 @@ class FiniteRange(click.FloatRange):
         if not math.isfinite(value):
             self.fail(f"{value} is not a finite number", param, ctx)
         return value
+
+
+class PathType(click.Path):
+    """click.Path that refuses a NUL byte with a usage error (click's own check lets os.stat raise ValueError)."""
+
+    def convert(self, value, param, ctx):
+        if "\x00" in (value.decode(errors="replace") if isinstance(value, bytes) else str(value)):
+            self.fail("a path cannot contain a NUL byte", param, ctx)
+        return super().convert(value, param, ctx)

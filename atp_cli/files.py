@@ -13,6 +13,8 @@ from atp_cli.errors import InputError
 def check_output_file(path: str | Path) -> Path:
     """Refuse, before any work, an output file that cannot be written: its folder is missing or not a folder, or
     the path is a folder itself."""
+    if "\x00" in str(path):
+        raise InputError(f"{str(path)!r} is not a valid path (NUL byte)")
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name")

@@ -28,8 +28,8 @@ def load_image(source: str | Path | bytes | Image.Image) -> Image.Image:
             data = source if isinstance(source, bytes) else Path(source).read_bytes()
         except FileNotFoundError as e:
             raise InputError(f"image not found: {source}") from e
-        except OSError as e:
-            raise InputError(f"cannot read {source}: {e}") from e
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+            raise InputError(f"cannot read {source!r}: {e}") from e
         try:
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_PIXELS:

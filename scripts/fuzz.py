@@ -14,6 +14,7 @@ import argparse
 import ast
 import datetime
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,10 +38,8 @@ def main() -> None:
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.time() - t0
     outcomes = {}
-    for line in done.stdout.splitlines():
-        if line.startswith("fuzz ") and ": {" in line:
-            target, counts = line[5:].split(": ", 1)
-            outcomes[target] = ast.literal_eval(counts)
+    for match in re.finditer(r"fuzz (.+?): (\{.*?\})", done.stdout):  # pytest's progress dots may precede a line
+        outcomes[match.group(1)] = ast.literal_eval(match.group(2))
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     print(summary)
     if done.returncode != 0:
@@ -48,7 +47,7 @@ def main() -> None:
         raise SystemExit(done.returncode)
     rows = []
     for target, counts in outcomes.items():
-        n = sum(v for k, v in counts.items() if k in ("refused", "accepted", "passed"))
+        n = sum(v for k, v in counts.items() if k in ("refused", "accepted", "passed"))  # each case once
         detail = ", ".join(f"{k} {v}" for k, v in counts.items())
         rows.append(f"| {target} | {n} | {detail} |")
     text = "\n".join([

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from atp_cli.cli_types import THREADS, FiniteRange
+from atp_cli.cli_types import THREADS, FiniteRange, PathType
 from atp_cli.paths import cache_dir
 
 DEFAULT_STRATEGIES = "none,atp,atp-free,fastv,pdrop,visionzip-style,uniform,random"
@@ -48,20 +48,20 @@ def bench() -> None:
 
 
 @bench.command()
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), help="Converted model folder (default model).")
-@click.option("--data", type=click.Path(path_type=Path), help="LLaVA-format JSONL; default: generate --split.")
+@click.option("--model", "model_dir", type=PathType(path_type=Path), help="Converted model folder (default model).")
+@click.option("--data", type=PathType(path_type=Path), help="LLaVA-format JSONL; default: generate --split.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--source", type=click.Choice(["scenes", "mosaics", "mix"]), default="scenes", show_default=True)
 @click.option("-n", "count", type=click.IntRange(1), default=60, show_default=True, help="Questions.")
 @click.option("--strategies", default=DEFAULT_STRATEGIES, show_default=True)
 @click.option("--budgets", default="144", show_default=True, help="Average visual tokens over all layers.")
-@click.option("--calibration", type=click.Path(path_type=Path),
+@click.option("--calibration", type=PathType(path_type=Path),
               help="JSONL whose first 6 questions calibrate atp-free to each budget (not the test data).")
 @click.option("--peer/--no-peer", default=True, show_default=True, help="Also run stock llama-cpp-python.")
 @click.option("--blind/--no-blind", default=True, show_default=True, help="Also ask every question without the image.")
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=8, show_default=True)
 @click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
+@click.option("--out", type=PathType(path_type=Path), default=Path("bench-out"), show_default=True)
 def quality(model_dir: Path | None, data: Path | None, split: str, source: str, count: int, strategies: str,
             budgets: str, calibration: Path | None, peer: bool, blind: bool, max_tokens: int, threads: int,
             out: Path) -> None:
@@ -112,9 +112,9 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
               help="Average visual tokens of the atp row.")
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Runs per configuration (medians).")
 @click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
-@click.option("--workdir", type=click.Path(path_type=Path), default=cache_dir("bench"),
+@click.option("--workdir", type=PathType(path_type=Path), default=cache_dir("bench"),
               show_default=True, help="Where the random GGUFs are built once and kept.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True)
+@click.option("--out", type=PathType(path_type=Path), default=Path("bench-out"), show_default=True)
 def speed(shapes: str, budget: float, runs: int, threads: int, workdir: Path, out: Path) -> None:
     """Speed only (random weights): stock llama.cpp vs atp at real model shapes, image encoding included."""
     from tqdm import tqdm
