@@ -11,7 +11,7 @@ token through all segments.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -19,27 +19,11 @@ import numpy as np
 
 from atp_cli.errors import InputError
 from atp_cli.prompt_input import Prompt
+from atp_cli.pruning.base import KeepFn, ModuleInput, check_keep
 from atp_cli.runtime.context import ContextConfig, KvStats, LlamaContext
 from atp_cli.runtime.model import LlamaModel
 from atp_cli.runtime.owner import Closeable
 from atp_cli.sampling import Sampler
-
-
-@dataclass(frozen=True)
-class ModuleInput:
-    """What a pruning module sees at a segment boundary (all arrays over *alive* tokens only)."""
-
-    boundary: int  # first layer that will not see the dropped tokens
-    layer: int  # the layer whose attention is given: boundary - 1
-    visual_pos: np.ndarray  # (nv,) positions of the alive visual tokens, ascending
-    query_pos: np.ndarray  # (nq,) positions of the text tokens after the image
-    attn_vv: np.ndarray  # (nv, nv) head-mean attention, visual queries -> visual keys
-    attn_tv: np.ndarray  # (nq, nv) head-mean attention, query text -> visual keys
-    visual_origin: int  # position of raster index 0: raster index = visual_pos - visual_origin
-    n_layer: int
-
-
-KeepFn = Callable[[ModuleInput], np.ndarray]
 
 
 @dataclass
@@ -72,20 +56,6 @@ def segment_ranges(n_layer: int, boundaries: Sequence[int]) -> list[tuple[int, i
         raise InputError(f"boundaries must be strictly increasing inside (0, {n_layer}), got {b}")
     edges = [0, *b, n_layer]
     return list(zip(edges[:-1], edges[1:]))
-
-
-def check_keep(kept: np.ndarray, alive: np.ndarray, boundary: int) -> np.ndarray:
-    """Validate a keep set: non-empty, strictly ascending, a subset of the alive visual positions."""
-    kept = np.asarray(kept)
-    if kept.ndim != 1 or kept.size == 0:
-        raise InputError(f"keep set at layer {boundary} is empty or not 1-D")
-    if not np.issubdtype(kept.dtype, np.integer):
-        raise InputError(f"keep set at layer {boundary} must hold integer positions, got {kept.dtype}")
-    if (np.diff(kept) <= 0).any():
-        raise InputError(f"keep set at layer {boundary} is not strictly ascending")
-    if not np.isin(kept, alive).all():
-        raise InputError(f"keep set at layer {boundary} holds positions that are not alive visual tokens")
-    return kept.astype(np.int32)
 
 
 class SegmentedDecoder(Closeable):

@@ -67,22 +67,23 @@ def cpu_flags() -> str:
     return platform.processor()
 
 
-def is_portable() -> bool:
-    """Whether this machine gets the run-time-dispatched CPU variants (x86-64) or a native build."""
-    return platform.machine() in PORTABLE_MACHINES
+def is_portable(native: bool = False) -> bool:
+    """Whether the wheel gets the run-time-dispatched CPU variants (x86-64) or is built for this CPU (elsewhere,
+    or on request: `--native` builds the comparison wheel of scripts/bench_native_build.py)."""
+    return not native and platform.machine() in PORTABLE_MACHINES
 
 
-def cmake_args() -> str:
-    return PORTABLE_ARGS if is_portable() else NATIVE_ARGS
+def cmake_args(native: bool = False) -> str:
+    return PORTABLE_ARGS if is_portable(native) else NATIVE_ARGS
 
 
-def build_key() -> str:
+def build_key(native: bool = False) -> str:
     """What the wheel depends on: a portable wheel does not depend on the CPU it was built on."""
     h = hashlib.sha256()
     for p in patches():
         h.update(p.name.encode() + b"\0" + p.read_bytes())
-    parts = [SDIST_SHA256, cmake_args(), sys.implementation.cache_tag, platform.machine()]
-    if not is_portable():
+    parts = [SDIST_SHA256, cmake_args(native), sys.implementation.cache_tag, platform.machine()]
+    if not is_portable(native):
         parts.append(cpu_flags())
     for part in parts:
         h.update(part.encode() + b"\0")
@@ -151,7 +152,7 @@ def extract_tools(cache: Path) -> Path:
     return target
 
 
-def build(cache: Path, key: str) -> Path:
+def build(cache: Path, key: str, native: bool = False) -> Path:
     sdist = fetch_sdist(cache)
     work = cache / "work" / key
     shutil.rmtree(work, ignore_errors=True)
@@ -161,7 +162,7 @@ def build(cache: Path, key: str) -> Path:
     src = work / f"llama_cpp_python-{SDIST_VERSION}"
     apply_patches(src)
     out = work / "dist"
-    env = dict(os.environ, CMAKE_ARGS=cmake_args(),
+    env = dict(os.environ, CMAKE_ARGS=cmake_args(native),
                CMAKE_BUILD_PARALLEL_LEVEL=os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2)))
     log("building the wheel (about 15 minutes on 2 cores: the CPU backend once per instruction-set level)")
     subprocess.run(
@@ -185,14 +186,17 @@ def build(cache: Path, key: str) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--key", action="store_true", help="print the cache key and exit")
+    ap.add_argument("--native", action="store_true",
+                    help="build for this CPU only (GGML_NATIVE=ON): the comparison wheel of the benchmarks; it takes "
+                         "ggml's AMX path on AMX CPUs, so it is never installed by make")
     args = ap.parse_args()
-    key = build_key()
+    key = build_key(args.native)
     if args.key:
         print(key)
         return
     cache = cache_root()
     cached = sorted((cache / "wheels" / key).glob("*.whl")) if (cache / "wheels" / key).is_dir() else []
-    wheel = cached[0] if cached else build(cache, key)
+    wheel = cached[0] if cached else build(cache, key, args.native)
     if cached:
         log(f"reusing cached wheel {wheel}")
     extract_tools(cache)

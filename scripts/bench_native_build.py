@@ -6,8 +6,13 @@ wheel); every measurement runs in a fresh process that loads that folder (LLAMA_
 take turns inside each round, so drift of the machine hits both alike. Prints medians and the ratio of each
 build against the first, with the CPU model, its instruction sets and the CPU variant each build loaded.
 
+  python scripts/bench_native_build.py            # the installed (portable) build against a native build of it
   python scripts/bench_native_build.py --lib native=/tmp/native/llama_cpp/lib --lib portable=.venv/lib/.../lib
   python scripts/bench_native_build.py --lib a=DIR --lib b=DIR --models smollm2 --rounds 3 --json out.json
+
+Without --lib, the native build is made once by `native_patch/build_wheel.py --native` (cached like every wheel;
+about 5 minutes) and unpacked into the bench cache. On a CPU with AMX that build takes ggml's AMX path and may
+crash: its row then says so.
 """
 
 from __future__ import annotations
@@ -73,12 +78,32 @@ def model_file(name: str) -> Path:
     return Path(name)
 
 
+def default_builds() -> list[tuple[str, Path]]:
+    """native (built for this CPU) against the installed wheel's libraries."""
+    import zipfile
+
+    from atp_cli.paths import cache_dir
+    from atp_cli.runtime.backend import lib_dir
+
+    done = subprocess.run([sys.executable, str(ROOT / "native_patch" / "build_wheel.py"), "--native"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the native build failed:\n{done.stderr[-2000:]}")
+    wheel = Path(done.stdout.strip().splitlines()[-1])
+    target = cache_dir("bench") / f"native-{wheel.parent.name}"
+    if not (target / "llama_cpp" / "lib" / "libllama.so").is_file():
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(target, [n for n in z.namelist() if n.startswith("llama_cpp/lib/")])
+    return [("native", target / "llama_cpp" / "lib"), ("portable", lib_dir())]
+
+
 def run_worker(lib: Path, model: Path, threads: int, repeats: int) -> dict:
     env = dict(os.environ, LLAMA_CPP_LIB_PATH=str(lib), PYTHONPATH=str(ROOT))
     cmd = [sys.executable, __file__, "--worker", str(model), "--threads", str(threads), "--repeats", str(repeats)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"worker for {lib} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    if done.returncode != 0:  # e.g. a native build that takes the AMX path on Sapphire Rapids
+        print(f"worker for {lib} failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+        return {"prefill_s": float("nan"), "decode_s": float("nan"), "variant": f"crashed ({done.returncode})"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -96,14 +121,16 @@ def main() -> None:
     if args.worker:
         print(json.dumps(measure(args.worker, args.threads, args.repeats)))
         return
-    builds = [(name, Path(path)) for name, path in (item.split("=", 1) for item in args.lib)]
+    builds = [(name, Path(path)) for name, path in (item.split("=", 1) for item in args.lib)] or default_builds()
     if len(builds) < 2:
-        raise SystemExit("give at least two --lib NAME=DIR")
+        raise SystemExit("give at least two --lib NAME=DIR (or none: native against the installed build)")
     from atp_cli import cpu
 
     rows = []
-    print(f"machine: {cpu.describe()}; {N_PROMPT}-token prefill, {N_DECODE} decoded tokens, median of "
-          f"{args.rounds} rounds (best of {args.repeats} per process)")
+    print(f"{N_PROMPT}-token prefill and {N_DECODE} decoded tokens, median of {args.rounds} rounds (best of "
+          f"{args.repeats} per process), on {cpu.describe()}.\n")
+    print(f"| model | build | CPU variant | prefill tok/s | prefill vs {builds[0][0]} | decode tok/s | "
+          f"decode vs {builds[0][0]} |\n|---|---|---|---|---|---|---|")
     for model_name in args.models.split(","):
         model = model_file(model_name)
         samples: dict[str, list[dict]] = {name: [] for name, _ in builds}
@@ -121,9 +148,8 @@ def main() -> None:
             row["prefill_ratio"] = row["prefill_tok_s"] / base["prefill_tok_s"]
             row["decode_ratio"] = row["decode_tok_s"] / base["decode_tok_s"]
             rows.append(row)
-            print(f"{model_name:8s} {name:10s} variant {row['variant']:12s} "
-                  f"prefill {row['prefill_tok_s']:8.1f} tok/s ({row['prefill_ratio']:.3f}x)  "
-                  f"decode {row['decode_tok_s']:7.2f} tok/s ({row['decode_ratio']:.3f}x)")
+            print(f"| {model_name} | {name} | {row['variant']} | {row['prefill_tok_s']:.1f} | "
+                  f"{row['prefill_ratio']:.3f} | {row['decode_tok_s']:.2f} | {row['decode_ratio']:.3f} |", flush=True)
     if args.json:
         tmp = args.json.with_name(args.json.name + ".part")
         tmp.write_text(json.dumps({"machine": cpu.describe(), "rows": rows}, indent=2))

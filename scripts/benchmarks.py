@@ -64,6 +64,12 @@ SECTIONS = [
             "is a plain llama.cpp context; `segments=N` are atp segment contexts with no pruning; `readout` means the "
             "contexts before each boundary run with flash attention off so their attention can be read. The keep "
             "schedules keep the visual tokens the text attends to most. KV used = cells in use x bytes per cell."),
+    Section("native_build", "The portable native build against a build for this CPU",
+            [PY, "scripts/bench_native_build.py", "--rounds", "5", "--repeats", "3"],
+            "The installed wheel (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS without AMX: ggml picks the CPU variant at "
+            "run time) against the same sources built with GGML_NATIVE=ON for this machine, on the packaged "
+            "SmolLM2-135M (Q4_1) and a random ~1.1B llama (Q4_K_M). Each measurement runs in a fresh process that "
+            "loads one build's libraries; the builds take turns inside each round."),
     Section("module_cost", "Cost of a pruning module",
             [PY, "scripts/bench_module_cost.py", "--runs", "5"],
             "Everything between the captured attention and the keep set (cell-to-position mapping, scores, SAP, "

@@ -66,6 +66,12 @@ def main() -> None:
         "|---|---|---|",
         *rows,
         "",
+        "Outcomes: `refused` - an AtpError named what is wrong; `accepted` / `passed` - every check held. For the",
+        "mmproj, `loaded by mtmd` counts the passed files that libmtmd opened and that encoded an image; the other",
+        "passed files libmtmd itself refused with an error (its own key checks), none crashed it. The CLI cases use a",
+        "model folder that does not exist, so every one ends in an error line; what is checked is that it is one",
+        "`error:` line with exit code 2, never a traceback.",
+        "",
         "The same searches run with 40 cases per target in the test suite (`tests/test_fuzz.py`).",
         "",
     ])

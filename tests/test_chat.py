@@ -75,3 +75,45 @@ def test_multi_turn_keeps_the_image_and_extends(folder):  # noqa: F811
         assert (grown > 0).all() and len(set(grown.tolist())) == 1  # every segment got the same new text tokens
         assert (pipe.decoder.stats.visual_alive_per_layer == alive).all()  # the image was not prefilled again
         assert cells_after_first[0] - cells_after_first[1] == 32  # half of the 64 visual tokens left segment 1
+
+
+def test_ctrl_c_at_the_prompt_and_during_an_answer(folder, image_file, monkeypatch, capsys):  # noqa: F811
+    """Ctrl-C once at the prompt keeps the session, twice in a row leaves it; Ctrl-C during an answer forgets that
+    question, and the next answer is what a fresh session gives."""
+    import builtins
+
+    from atp_cli.chat import ChatSession
+
+    cfg = PipelineConfig(context=ContextConfig(n_ctx=512), max_tokens=5)
+    with ChatSession.open(folder, "fastv", cfg, image_file, None) as fresh:
+        reference = fresh.answer("what is it", echo=False)
+    session = ChatSession.open(folder, "fastv", cfg, image_file, None)
+    real_answer = session.answer
+    calls = {"n": 0}
+
+    def answer_interrupted_once(question, echo=True):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the first answer is stopped after its first piece
+            stream = session.conv.ask(question)
+            next(stream)
+            stream.close()
+            raise KeyboardInterrupt
+        return real_answer(question, echo)
+
+    lines = iter([KeyboardInterrupt, "what is it", "what is it", "/stats", KeyboardInterrupt, KeyboardInterrupt])
+
+    def fake_input(prompt=""):
+        item = next(lines)
+        if item is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return item
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    monkeypatch.setattr(session, "answer", answer_interrupted_once)
+    with session:
+        session.interactive()
+        out = capsys.readouterr().out
+        assert "[Ctrl-C again, Ctrl-D or /quit to leave]" in out
+        assert "[stopped; that question is forgotten]" in out
+        assert [m["role"] for m in session.conv.messages] == ["user", "assistant"]
+        assert session.conv.messages[1]["content"] == reference

@@ -43,10 +43,10 @@ def test_demo_on_a_file_that_is_not_an_image(tmp_path):
 
 @pytest.mark.parametrize("ratio", ["0", "1.5"])
 def test_demo_rejects_bad_keep_ratio(ratio):
-    from atp_cli.errors import InputError
+    import click
 
-    res = run("demo", "--keep-ratio", ratio)
-    assert isinstance(res.exception, InputError)
+    res = run("demo", "--keep-ratio", ratio)  # refused while parsing, before any model work
+    assert isinstance(res.exception, click.BadParameter) and "not in the range 0<x<=1" in str(res.exception)
 
 
 def test_default_model_from_other_artifacts_needs_their_projector_and_its_own_folder(tmp_path):

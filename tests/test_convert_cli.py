@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -141,9 +142,9 @@ def test_missing_corrupt_and_mismatched_checkpoints(ckpt, tmp_path):
         convert(bad, tmp_path / "o2", ConvertOptions())
     shutil.copy(ckpt / "model.safetensors", bad / "model.safetensors")
     cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["text_config"]["hidden_size"] = 96  # the projector no longer leads to the LLM's width
+    cfg["text_config"]["hidden_size"] = 96  # the weights no longer have the shapes the config implies
     (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelError, match="projector"):
+    with pytest.raises(ModelError, match=r"has shape \[300, 64\]; its config implies \[300, 96\]"):
         convert(bad, tmp_path / "o3", ConvertOptions())
     cfg["vision_config"]["model_type"] = "vit"
     (bad / "config.json").write_text(json.dumps(cfg))
@@ -175,3 +176,80 @@ def test_bpe_tokenizer_round_trip(tmp_path):
                      "  spaces\tand tabs 1234 ünïcode"]:
             assert model.tokenize(text).tolist() == tok(text, add_special_tokens=False)["input_ids"], text
         assert model.meta("tokenizer.chat_template") == tok.chat_template
+
+
+def _edit_weights(src: Path, dst: Path, edit) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(src / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(dst / "model.safetensors"))
+
+
+@pytest.mark.parametrize("case,message", [
+    ("drop-lm", "checkpoint lacks tensor language_model.model.layers.1.mlp.up_proj.weight"),
+    ("layers-too-few", "text_config.num_hidden_layers = 1, but the checkpoint holds language-model layers up to"),
+    ("layers-too-many", "checkpoint lacks tensor language_model.model.layers.4"),
+    ("nan-projector", "holds NaN or inf"),
+    ("std-zero", "image_std = [0.5, 0, 0.5]; expected 3 finite numbers > 0"),
+    ("patch-string", "vision_config.patch_size = '4'; expected a positive integer"),
+    ("crop-string", "crop_size = 'big'"),
+    ("shape", "has shape [48, 32]; its config implies [32, 32]"),
+])
+def test_a_checkpoint_that_would_convert_into_a_broken_model_is_refused_first(ckpt, tmp_path, case, message):
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    pre = json.loads((ckpt / "preprocessor_config.json").read_text())
+    if case == "drop-lm":
+        def drop(t):
+            for k in [k for k in t if k.endswith("layers.1.mlp.up_proj.weight")]:
+                del t[k]
+        _edit_weights(ckpt, bad, drop)
+    elif case == "layers-too-few":
+        cfg["text_config"]["num_hidden_layers"] = 1
+    elif case == "layers-too-many":
+        cfg["text_config"]["num_hidden_layers"] = TEXT_LAYERS + 1
+        message = message.replace("layers.4", f"layers.{TEXT_LAYERS}")
+    elif case == "nan-projector":
+        def nan(t):
+            k = next(k for k in t if k.endswith("multi_modal_projector.linear_1.weight"))
+            t[k] = t[k].copy()
+            t[k][0, 0] = np.nan
+        _edit_weights(ckpt, bad, nan)
+    elif case == "std-zero":
+        pre["image_std"] = [0.5, 0, 0.5]
+    elif case == "patch-string":
+        cfg["vision_config"]["patch_size"] = "4"
+    elif case == "crop-string":
+        pre["crop_size"] = "big"
+    elif case == "shape":
+        def widen(t):
+            k = next(k for k in t if k.endswith("encoder.layers.0.self_attn.q_proj.weight"))
+            t[k] = np.zeros((48, 32), t[k].dtype)
+        _edit_weights(ckpt, bad, widen)
+    (bad / "config.json").write_text(json.dumps(cfg))
+    (bad / "preprocessor_config.json").write_text(json.dumps(pre))
+    with pytest.raises(ModelError) as e:
+        convert(bad, tmp_path / "out", ConvertOptions())
+    assert message in str(e.value)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_a_failed_language_model_conversion_keeps_its_log(ckpt, tmp_path, monkeypatch):
+    script = tmp_path / "tools" / "convert_hf_to_gguf.py"
+    script.parent.mkdir()
+    script.write_text("import sys\nprint('converter exploded')\nsys.exit(3)\n")
+    monkeypatch.setenv("ATP_LLAMA_CPP_TOOLS", str(script.parent))
+    with pytest.raises(ModelError, match="exit code 3") as e:
+        convert(ckpt, tmp_path / "out", ConvertOptions(outtype="f16"))
+    log = tmp_path / "out.convert.log"
+    assert str(log) in str(e.value) and "converter exploded" in log.read_text()
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_under_a_file_is_refused_before_any_work(ckpt, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        convert(ckpt, tmp_path / "file" / "out", ConvertOptions())
+    assert (tmp_path / "file").read_text() == "x"

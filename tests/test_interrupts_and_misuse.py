@@ -184,3 +184,21 @@ def test_user_text_is_never_parsed_as_special_tokens(pipe):
     # without special text in the question, tokenization is the whole-prompt one, unchanged
     whole = pipe.model.tokenize(chat.render([{"role": "user", "content": "hello"}]), add_special=False)
     assert list(chat.text_prompt("hello").spans[0].tokens)[-len(whole):] == list(whole)
+
+
+def test_ctrl_c_inside_the_log_callback_reaches_python(monkeypatch):
+    """llama.cpp calls the log callback from C; a KeyboardInterrupt raised there would be printed and dropped by
+    ctypes. It is raised once the C call has returned (here: the next decode of a real context)."""
+    import logging
+
+    from atp_cli.runtime import log as llama_log
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(llama_log.log, "log", interrupted)
+    monkeypatch.setitem(llama_log._state, "level", logging.DEBUG)
+    llama_log._on_log(4, b"an error line\n", None)  # returns normally, as a C callback must
+    with pytest.raises(KeyboardInterrupt):
+        llama_log.raise_pending_interrupt()
+    llama_log.raise_pending_interrupt()  # raised once only

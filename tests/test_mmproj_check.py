@@ -24,7 +24,7 @@ BROKEN = [
     ({"clip.vision.attention.head_count": 5}, {}, "head_count = 5 does not divide clip.vision.embedding_length"),
     ({"clip.vision.attention.head_count": 0}, {}, "head_count = 0; expected an integer in [1,"),
     ({"clip.vision.image_size": 30}, {}, "image_size = 30 is not a multiple of clip.vision.patch_size = 4"),
-    ({"clip.vision.patch_size": "4"}, {}, "patch_size = '4'; expected an integer"),
+    ({"clip.vision.patch_size": "4"}, {}, "patch_size is stored as STRING; llama.cpp reads it as UINT32"),
     ({"clip.vision.block_count": 9}, {}, "tensor v.blk.2.attn_q.weight is missing"),
     ({"clip.vision.image_std": [0.5, 0.0, 0.5]}, {}, "image_std = [0.5, 0.0, 0.5]; expected 3 finite numbers > 0"),
     ({"clip.vision.image_mean": [0.5, 0.5]}, {}, "image_mean = [0.5, 0.5]; expected 3 finite numbers"),
@@ -82,3 +82,51 @@ def test_broken_weights_in_place_leave_the_other_strategies_working(folder, tmp_
         with pytest.raises(SchemaError, match="atp.temperature = nan"):
             pipe.set_strategy("atp")
         pipe.set_strategy("fastv")
+
+
+def test_attach_into_a_truncated_mmproj_or_a_foreign_model_is_refused(folder, tmp_path):  # noqa: F811
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    model, mmproj = find_pair(broken)
+    good = mmproj.read_bytes()
+    mmproj.write_bytes(good[:300])
+    with pytest.raises(ModelError, match="cannot read"):
+        attach(broken, _weights((8, 8)))
+    mmproj.write_bytes(good)
+    model.write_bytes(b"not a gguf")
+    with pytest.raises(ModelError, match="cannot read .* as a GGUF language model"):
+        attach(broken, _weights((8, 8)))
+
+
+def test_a_full_disk_during_attach_keeps_the_file_in_place(folder, monkeypatch):  # noqa: F811
+    import errno
+    import os
+
+    from atp_cli.errors import InputError
+
+    _, mmproj = find_pair(folder)
+    before = mmproj.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(InputError, match="No space left on device"):
+        attach(folder, _weights((8, 8)))
+    monkeypatch.undo()
+    assert mmproj.read_bytes() == before
+    assert not list(mmproj.parent.glob("*.part"))
+
+
+def test_a_prompt_over_a_rounded_context_names_both_sizes(folder):  # noqa: F811
+    from atp_cli.errors import InputError
+    from atp_cli.pipeline import PipelineConfig
+    from atp_cli.runtime.context import ContextConfig
+    from tests.test_pipeline import images
+
+    cfg = PipelineConfig(context=ContextConfig(n_ctx=100, n_batch=64, n_ubatch=64), max_tokens=250)
+    with Pipeline.from_dir(folder, "none", cfg) as pipe:
+        with pytest.raises(InputError, match=r"does not fit the context of 256 tokens \(n_ctx 100, which llama.cpp"):
+            pipe(images(1)[0], "what is in the picture")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atp_cli.driver import ModuleInput
+from atp_cli.pruning.base import ModuleInput
 from atp_cli.errors import InputError
 from atp_cli.pruning.atp import AtpFreeStrategy, AtpStrategy, ThresholdMLP, mass_keep
 from atp_cli.pruning.baselines import FastV, PyramidDrop, RandomKeep, UniformGrid

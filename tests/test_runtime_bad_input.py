@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atp_cli.driver import SegmentedDecoder, check_keep, segment_ranges
+from atp_cli.driver import SegmentedDecoder, segment_ranges
+from atp_cli.pruning.base import check_keep
 from atp_cli.errors import InputError, ModelError
 from atp_cli.prompt_input import Prompt, Span
 from atp_cli.runtime.context import ContextConfig, LlamaContext

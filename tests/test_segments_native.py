@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from llama_cpp import llama_cpp as llama
 
-from atp_cli.driver import ModuleInput, SegmentedDecoder
+from atp_cli.driver import SegmentedDecoder
+from atp_cli.pruning.base import ModuleInput
 from atp_cli.prompt_input import Prompt, Span
 from atp_cli.runtime.context import ContextConfig, LlamaContext
 from atp_cli.sampling import Sampler

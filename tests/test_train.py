@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 
-from atp_cli.driver import ModuleInput  # noqa: E402
+from atp_cli.pruning.base import ModuleInput  # noqa: E402
 from atp_cli.errors import InputError  # noqa: E402
 from atp_cli.pruning.atp import AtpStrategy, module_scores, pooled_features  # noqa: E402
 from atp_cli.pruning.config import AtpConfig  # noqa: E402

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from atp_cli.bench.memory import PeakRss
-from atp_cli.driver import ModuleInput, SegmentedDecoder
+from atp_cli.driver import SegmentedDecoder
+from atp_cli.pruning.base import ModuleInput
 from atp_cli.prompt_input import Prompt, Span
 from atp_cli.pruning.config import default_boundaries
 from atp_cli.runtime.context import ContextConfig

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from atp_cli.driver import ModuleInput
+from atp_cli.pruning.base import ModuleInput
 from atp_cli.errors import InputError
 from atp_cli.pruning.config import N_FEATURES, AtpConfig
 from atp_cli.pruning.sap import grid_shape, on_grid, raster_coords, spatial_scores

@@ -1,12 +1,48 @@
-"""The interface every strategy implements for the driver."""
+"""The interface between the driver and every strategy: what a module sees (ModuleInput), what it returns (a keep
+set, checked by check_keep), and the Strategy protocol. Pure numpy, so strategies import without the native
+library."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from atp_cli.driver import ModuleInput
+from atp_cli.errors import InputError
+
+
+@dataclass(frozen=True)
+class ModuleInput:
+    """What a pruning module sees at a segment boundary (all arrays over *alive* tokens only)."""
+
+    boundary: int  # first layer that will not see the dropped tokens
+    layer: int  # the layer whose attention is given: boundary - 1
+    visual_pos: np.ndarray  # (nv,) positions of the alive visual tokens, ascending
+    query_pos: np.ndarray  # (nq,) positions of the text tokens after the image
+    attn_vv: np.ndarray  # (nv, nv) head-mean attention, visual queries -> visual keys
+    attn_tv: np.ndarray  # (nq, nv) head-mean attention, query text -> visual keys
+    visual_origin: int  # position of raster index 0: raster index = visual_pos - visual_origin
+    n_layer: int
+
+
+KeepFn = Callable[[ModuleInput], np.ndarray]
+
+
+def check_keep(kept: np.ndarray, alive: np.ndarray, boundary: int) -> np.ndarray:
+    """Validate a keep set: non-empty, strictly ascending, a subset of the alive visual positions."""
+    kept = np.asarray(kept)
+    if kept.ndim != 1 or kept.size == 0:
+        raise InputError(f"keep set at layer {boundary} is empty or not 1-D")
+    if not np.issubdtype(kept.dtype, np.integer):
+        raise InputError(f"keep set at layer {boundary} must hold integer positions, got {kept.dtype}")
+    if (np.diff(kept) <= 0).any():
+        raise InputError(f"keep set at layer {boundary} is not strictly ascending")
+    if not np.isin(kept, alive).all():
+        raise InputError(f"keep set at layer {boundary} holds positions that are not alive visual tokens")
+    return kept.astype(np.int32)
+
 
 
 class Strategy(Protocol):

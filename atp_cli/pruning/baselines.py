@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from atp_cli.driver import ModuleInput
+from atp_cli.pruning.base import ModuleInput
 from atp_cli.errors import InputError
 
 

@@ -14,6 +14,7 @@ from llama_cpp import llama_cpp as llama
 
 from atp_cli.cpu import usable_cores
 from atp_cli.errors import DecodeError, InputError
+from atp_cli.runtime.log import raise_pending_interrupt
 from atp_cli.runtime.model import LlamaModel
 from atp_cli.runtime.native import SegmentParams, atp_lib
 from atp_cli.runtime.owner import Closeable
@@ -140,6 +141,7 @@ class LlamaContext(Closeable):
             seg = SegmentParams(self.il_begin, self.il_end, True, -1 if readout_layer is None else readout_layer)
             ptr = atp_lib().init_segment(model.ptr, params, seg)
         if not ptr:
+            raise_pending_interrupt()
             raise InputError(f"llama.cpp refused a context for layers [{self.il_begin}, {self.il_end}) (see log)")
         self.ptr = ptr
         self.n_ctx = int(llama.llama_n_ctx(ptr))
@@ -216,6 +218,7 @@ class LlamaContext(Closeable):
             stop = min(n, start + batch.capacity)
             batch.fill(values[start:stop], positions[start:stop], want_last and stop == n and self.outputs_logits)
             rc = llama.llama_decode(self.ptr, batch.raw)
+            raise_pending_interrupt()  # after the bookkeeping below would be too late: the caller truncates
             if rc != 0:
                 raise DecodeError(f"llama_decode returned {rc} for layers [{self.il_begin}, {self.il_end})")
             self.pos_max = int(positions[stop - 1])

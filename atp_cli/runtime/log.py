@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import ctypes
 import logging
 
@@ -12,7 +11,7 @@ log = logging.getLogger("llama.cpp")
 
 # enum ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5
 _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-_state = {"level": logging.WARNING, "last": logging.INFO}
+_state: dict = {"level": logging.WARNING, "last": logging.INFO}
 
 
 @llama.llama_log_callback
@@ -22,9 +21,16 @@ def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         _state["last"] = py_level
         if py_level >= _state["level"]:
             log.log(py_level, text.decode("utf-8", errors="replace").rstrip())
-    except KeyboardInterrupt:
-        # ctypes would print and swallow it here, inside a C call: raise it again once control is back in Python
-        _thread.interrupt_main()
+    except KeyboardInterrupt:  # ctypes would print and drop it here: it is raised after the C call instead
+        _state["interrupted"] = True
+
+
+def raise_pending_interrupt() -> None:
+    """Raise the KeyboardInterrupt that arrived inside the log callback during the last C call, if one did.
+
+    Called after the C calls that log (model and context creation, mtmd, decode)."""
+    if _state.pop("interrupted", False):
+        raise KeyboardInterrupt
 
 
 def quiet_llama_logs(level: int = logging.WARNING) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 from llama_cpp import llama_cpp as llama
 
 from atp_cli.errors import InputError, ModelError
+from atp_cli.runtime.log import raise_pending_interrupt
 from atp_cli.runtime.owner import Closeable
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,12 @@ class LlamaModel(Closeable):
         params.n_gpu_layers = n_gpu_layers
         params.use_mmap = use_mmap
         ptr = llama.llama_model_load_from_file(str(self.path).encode(), params)
+        try:
+            raise_pending_interrupt()
+        except KeyboardInterrupt:
+            if ptr:
+                llama.llama_model_free(ptr)
+            raise
         if not ptr:
             raise ModelError(f"llama.cpp could not load {self.path} (see the log above for why)")
         self.ptr = ptr

@@ -11,6 +11,7 @@ from PIL import Image
 
 from atp_cli.errors import InputError, ModelError
 from atp_cli.image_input import MAX_PIXELS
+from atp_cli.runtime.log import raise_pending_interrupt
 from atp_cli.runtime.mmproj_check import check_mmproj
 from atp_cli.runtime.model import LlamaModel, check_gguf_file
 from atp_cli.runtime.owner import Closeable
@@ -31,6 +32,8 @@ class ImageEncoder(Closeable):
         if n_threads:
             params.n_threads = n_threads
         ptr = mtmd.mtmd_init_from_file(str(self.path).encode(), model.ptr, params)
+        self.ptr = ptr
+        raise_pending_interrupt()  # close() frees ptr
         if not ptr:
             raise ModelError(f"llama.cpp could not load the vision projector {self.path} for {model.path} "
                              "(wrong file, or its output size does not match the language model)")
@@ -58,7 +61,9 @@ class ImageEncoder(Closeable):
                 chunk = mtmd.mtmd_input_chunks_get(chunks, i)
                 if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
                     n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-                    if mtmd.mtmd_encode_chunk(self.ptr, chunk) != 0:
+                    rc = mtmd.mtmd_encode_chunk(self.ptr, chunk)
+                    raise_pending_interrupt()
+                    if rc != 0:
                         raise ModelError("mtmd failed to encode the image")
                     out = mtmd.mtmd_get_output_embd(self.ptr)
                     return np.ctypeslib.as_array(out, shape=(n, self.model.n_embd)).copy()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from atp_cli.driver import KeepFn, ModuleInput, check_keep
+from atp_cli.pruning.base import KeepFn, ModuleInput, check_keep
 from atp_cli.errors import InputError
 from atp_cli.train.attention import LayerControl, controlled
 
