@@ -9,9 +9,10 @@ from pathlib import Path
 
 import click
 
-from atp_cli.errors import AtpError, InputError, ModelError
+from atp_cli.errors import AtpError, InputError
 from atp_cli.files import check_output_file
 from atp_cli.keep_map import draw_keep_map
+from atp_cli.model_files import find_pair, model_pair
 from atp_cli.pipeline import Pipeline, PipelineConfig
 from atp_cli.pruning.sap import grid_shape
 from atp_cli.runtime.owner import Closeable
@@ -29,15 +30,14 @@ class ChatSession(Closeable):
 
     @classmethod
     def open(cls, model_dir: Path | None, strategy: str, config: PipelineConfig, image: Path,
-             show_keep: Path | None) -> "ChatSession":
+             show_keep: Path | None, files: tuple[Path | None, Path | None] = (None, None)) -> "ChatSession":
+        """A session on a converted folder, on a model + mmproj pair (`files`), or on the default model."""
         from atp_cli.default_model import DEFAULT_DIR, build_default_model
 
         if show_keep is not None:
             check_output_file(show_keep)  # before the model is loaded
-        folder = model_dir or build_default_model(DEFAULT_DIR)
-        if not folder.is_dir():
-            raise ModelError(f"no model folder at {folder}; pass --model FOLDER (made by `atp convert`)")
-        pipe = Pipeline.from_dir(folder, strategy, config)
+        pair = model_pair(model_dir, *files) or find_pair(build_default_model(DEFAULT_DIR))
+        pipe = Pipeline(*pair, strategy, config)
         try:
             return cls(pipe, image, show_keep)
         except Exception:

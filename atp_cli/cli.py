@@ -198,6 +198,9 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
 @click.option("--image", type=PathType(path_type=Path), required=True, help="The image to talk about.")
 @click.option("--model", "model_dir", type=PathType(path_type=Path),
               help="A folder made by `atp convert` (default: the default model).")
+@click.option("--gguf", "gguf_file", type=PathType(path_type=Path),
+              help="A language-model GGUF from llama.cpp's ecosystem (with --mmproj; instead of --model).")
+@click.option("--mmproj", "mmproj_file", type=PathType(path_type=Path), help="Its vision projector GGUF.")
 @click.option("--strategy", default="atp", show_default=True, help="atp, atp-free, fastv, pdrop, visionzip-style, "
               "uniform, random or none.")
 @click.option("--json", "as_json", is_flag=True, help="One-shot: print the answer and statistics as JSON.")
@@ -208,9 +211,9 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--n-ctx", type=click.IntRange(64, 1 << 20), default=2048, show_default=True)
 @click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
-def chat(question: str | None, image: Path, model_dir: Path | None, strategy: str, as_json: bool,
-         show_keep: Path | None, max_tokens: int, temperature: float, top_p: float, seed: int, n_ctx: int,
-         threads: int) -> None:
+def chat(question: str | None, image: Path, model_dir: Path | None, gguf_file: Path | None, mmproj_file: Path | None,
+         strategy: str, as_json: bool, show_keep: Path | None, max_tokens: int, temperature: float, top_p: float,
+         seed: int, n_ctx: int, threads: int) -> None:
     """Chat about an image. With QUESTION: answer once and exit; without: an interactive session
     (/image PATH, /strategy NAME, /stats, /quit; Ctrl-C stops an answer, not the session)."""
     from atp_cli.chat import ChatSession
@@ -220,7 +223,7 @@ def chat(question: str | None, image: Path, model_dir: Path | None, strategy: st
 
     config = PipelineConfig(context=ContextConfig(n_ctx=n_ctx, n_threads=threads),
                             sampler=SamplerConfig(temperature, top_p, seed), max_tokens=max_tokens)
-    with ChatSession.open(model_dir, strategy, config, image, show_keep) as session:
+    with ChatSession.open(model_dir, strategy, config, image, show_keep, files=(gguf_file, mmproj_file)) as session:
         if question is not None:
             session.one_shot(question, as_json)
         else:

@@ -27,6 +27,7 @@ from atp_cli.driver import PrefillStats, SegmentedDecoder
 from atp_cli.errors import InputError, UsageError
 from atp_cli.generation import stream_text
 from atp_cli.image_input import load_image
+from atp_cli.model_files import find_pair
 from atp_cli.prompt import ChatFormat, check_question
 from atp_cli.prompt_input import Prompt, Span
 from atp_cli.pruning.registry import make_strategy
@@ -84,8 +85,6 @@ class Pipeline(Closeable):
     @classmethod
     def from_dir(cls, folder: str | Path, strategy: str = "atp", config: PipelineConfig = PipelineConfig(),
                  **strategy_params) -> "Pipeline":
-        from converters.convert import find_pair
-
         model, mmproj = find_pair(Path(folder))
         return cls(model, mmproj, strategy, config, **strategy_params)
 
@@ -131,7 +130,8 @@ class Pipeline(Closeable):
         if name in ("atp", "atp-free") and self._weights_error is not None:
             raise self._weights_error
         if name == "atp" and (self.weights is None or not self.weights.mlps):
-            log.warning("the mmproj has no trained ATP weights; using 'atp-free'")
+            log.warning("the vision projector carries no trained ATP weights: running the training-free 'atp-free' "
+                        "(atp calibrate sets its levels; atp convert --attach adds trained weights)")
             name = "atp-free"
         self.use_strategy(make_strategy(name, self.model.n_layer, self.n_visual, self.weights, **params))
 

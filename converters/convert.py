@@ -16,6 +16,7 @@ import gguf
 from tqdm import tqdm
 
 from atp_cli.errors import InputError, ModelError
+from atp_cli.model_files import MMPROJ_FILE, MODEL_FILE, find_pair
 from atp_cli.pruning.store import AtpWeights, add_to_writer, attach_atp
 from atp_cli.runtime.mmproj_check import check_mmproj
 from converters.checkpoint import LlavaCheckpoint, check_tensors, open_checkpoint
@@ -24,8 +25,6 @@ from converters.mmproj import n_blocks_run, write_mmproj
 from converters.vision_towers import layout
 from converters.quantize import FTYPES
 
-MODEL_FILE = "model-{outtype}.gguf"
-MMPROJ_FILE = "mmproj-{kind}.gguf"
 
 
 @dataclass(frozen=True)
@@ -147,15 +146,6 @@ def _replace_folder(work: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         work.rename(out)
-
-
-def find_pair(folder: Path) -> tuple[Path, Path]:
-    """The model and mmproj GGUF files of a converted folder."""
-    models = sorted(folder.glob("model-*.gguf"))
-    mmprojs = sorted(folder.glob("mmproj-*.gguf"))
-    if len(models) != 1 or len(mmprojs) != 1:
-        raise InputError(f"{folder} must hold exactly one model-*.gguf and one mmproj-*.gguf")
-    return models[0], mmprojs[0]
 
 
 def model_depth(model: Path) -> int:

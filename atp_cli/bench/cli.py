@@ -74,7 +74,7 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
     from atp_cli.evaluation import load_split
     from atp_cli.pipeline import Pipeline, PipelineConfig
     from atp_cli.runtime.context import ContextConfig
-    from converters.convert import find_pair
+    from atp_cli.model_files import find_pair
 
     if count < 1:
         raise click.BadParameter("-n must be at least 1")
