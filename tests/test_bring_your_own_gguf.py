@@ -4,6 +4,7 @@ strategies since such an mmproj carries no ATP weights."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tarfile
@@ -22,10 +23,30 @@ from atp_cli.pipeline import Pipeline  # noqa: E402
 from converters.convert import ConvertOptions, convert, find_pair  # noqa: E402
 from converters.llm import LLAMA_CPP_VERSION, tools_dir  # noqa: E402
 from converters.quantize import quantize_gguf  # noqa: E402
+from tests.gguf_edit import rewrite_gguf  # noqa: E402
 from tests.test_pipeline import CFG, images  # noqa: E402
 from tests.tiny_llava import build_tiny_llava  # noqa: E402
 
 LEGACY = "tools/mtmd/legacy-models/convert_image_encoder_to_gguf.py"
+# llama.cpp's LLaVA-1.5 image-encoder converter was written for transformers < 5, whose CLIPVisionModel wrapped its
+# layers in `.vision_model`; this shim restores that attribute and those tensor names and changes nothing else
+SHIM = """
+import runpy, sys
+from transformers import CLIPVisionModel
+if not hasattr(CLIPVisionModel, "vision_model"):
+    CLIPVisionModel.vision_model = property(lambda self: self)
+    _load = CLIPVisionModel.from_pretrained
+
+    def from_pretrained(*args, **kwargs):  # loaded as saved; its tensor names then as the script expects them
+        model = _load(*args, **kwargs)
+        names = model.state_dict
+        model.state_dict = lambda *a, **k: {"vision_model." + n: t for n, t in names(*a, **k).items()}
+        return model
+
+    CLIPVisionModel.from_pretrained = from_pretrained
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def llama_cpp_image_encoder_converter(dest: Path) -> Path:
@@ -45,7 +66,10 @@ def llama_cpp_image_encoder_converter(dest: Path) -> Path:
 def ecosystem_pair(tmp_path_factory):
     """(model, mmproj) written by llama.cpp's tools, and atp convert's folder of the same checkpoint."""
     import torch
-    from transformers import LlavaForConditionalGeneration
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from converters.checkpoint import normalise_name
 
     root = tmp_path_factory.mktemp("byo")
     ckpt = build_tiny_llava(root / "ckpt", "clip", grid=8, patch=4, text_layers=4, seed=7)
@@ -57,14 +81,20 @@ def ecosystem_pair(tmp_path_factory):
                    capture_output=True, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})
     model = quantize_gguf(f16, root / "ggml-model-q8_0.gguf", "q8_0")
     # the mmproj: llama.cpp's legacy LLaVA path (vision tower as a CLIP model + the projector file)
-    llava = LlavaForConditionalGeneration.from_pretrained(ckpt)
+    # (what llava_surgery does: the tower as a CLIP vision model, the projector as its own file)
+    state = {normalise_name(k): v for k, v in load_file(str(ckpt / "model.safetensors")).items()}
+    config = json.loads((ckpt / "config.json").read_text())
+    tower = CLIPVisionModel(CLIPVisionConfig(**config["vision_config"]))
+    prefix = "vision_tower."
+    missing, unexpected = tower.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                                                strict=False)
+    assert not unexpected and all("position_ids" in m for m in missing), (missing, unexpected)
     vision = root / "vision"
-    llava.vision_tower.save_pretrained(vision)
-    projector = {f"multi_modal_projector.{k}": v for k, v in llava.multi_modal_projector.state_dict().items()}
-    torch.save(projector, root / "llava.projector")
+    tower.save_pretrained(vision)
+    torch.save({k: v for k, v in state.items() if k.startswith("multi_modal_projector.")}, root / "llava.projector")
     out = root / "mmproj"
     converter = llama_cpp_image_encoder_converter(root)
-    subprocess.run([sys.executable, str(converter), "-m", str(vision), "--llava-projector", str(root / "llava.projector"),
+    subprocess.run([sys.executable, "-c", SHIM, str(converter), "-m", str(vision), "--llava-projector", str(root / "llava.projector"),
                     "--output-dir", str(out), "--clip-model-is-vision", "--image-mean", "0.5", "0.4", "0.3",
                     "--image-std", "0.25", "0.2", "0.3"], check=True, capture_output=True)
     mmproj = out / "mmproj-model-f16.gguf"
@@ -84,12 +114,15 @@ def test_the_pair_runs_with_the_training_free_strategies(ecosystem_pair, caplog)
             assert isinstance(pipe(images(1)[0], "what is in the picture").text, str)
 
 
-def test_llama_cpp_s_mmproj_encodes_like_atp_convert_s(ecosystem_pair):
-    """Both converters write the same function of the same weights: the rows agree up to f16 storage."""
+def test_llama_cpp_s_mmproj_is_run_as_llama_cpp_defines_it(ecosystem_pair, tmp_path):
+    """The same weights in both files; llama.cpp's legacy file has no feature_layer key, and for such a file
+    mtmd's llava graph stops one block before the stored block_count (which the converter already cut by one: the
+    upstream double layer drop). So its rows equal atp's mmproj told to read hidden state 1 instead of 2."""
     model, mmproj, atp_folder = ecosystem_pair
     atp_model, atp_mmproj = find_pair(atp_folder)
+    one_block = rewrite_gguf(atp_mmproj, tmp_path / "mmproj-one-block.gguf", {"clip.vision.feature_layer": [1]})
     image = images(1, seed=3)[0]
-    with Pipeline(model, mmproj, "none", CFG) as a, Pipeline(atp_model, atp_mmproj, "none", CFG) as b:
+    with Pipeline(model, mmproj, "none", CFG) as a, Pipeline(atp_model, one_block, "none", CFG) as b:
         ra, rb = a.encoder.encode(image), b.encoder.encode(image)
     cos = (ra * rb).sum(1) / (np.linalg.norm(ra, axis=1) * np.linalg.norm(rb, axis=1))
     assert ra.shape == rb.shape == (64, 64)

@@ -112,15 +112,13 @@ def check_mmproj(path: str | Path, n_embd_text: int | None = None) -> MmprojInfo
     if layers is not None and (not isinstance(layers, list)
                                or not all(isinstance(x, int) and -1 <= x <= blocks for x in layers)):
         raise ModelError(f"{where}: clip.vision.feature_layer = {layers!r}; expected layers in [0, {blocks}]")
-    projection = _value(reader, "clip.vision.projection_dim")
+    projection = _value(reader, "clip.vision.projection_dim")  # CLIP's own projection: unused by the llava graph
     if (_value(reader, "clip.projector_type") or "mlp") == "mlp":  # LLaVA's projector: its tensors are known
         out_dim = _check_tensors(_shapes(reader), width, blocks, image, patch, where)
     else:  # other projectors: mtmd checks their output width against the language model itself
         out_dim = int(projection) if isinstance(projection, int) else (n_embd_text or 0)
     if n_embd_text is not None and out_dim != n_embd_text:
         raise ModelError(f"{where}: the projector gives rows of {out_dim}, the language model takes {n_embd_text}")
-    if projection is not None and n_embd_text is not None and int(projection) != n_embd_text:
-        raise ModelError(f"{where}: clip.vision.projection_dim = {projection}; the language model takes {n_embd_text}")
     return MmprojInfo(image, patch, width, blocks, out_dim)
 
 
@@ -145,10 +143,12 @@ def _check_tensors(shapes: dict[str, tuple[int, ...]], width: int, blocks: int, 
     for i in range(blocks):
         for m in ("attn_q", "attn_k", "attn_v", "attn_out"):
             need(f"v.blk.{i}.{m}.weight", (width, width))
-        up = need(f"v.blk.{i}.ffn_up.weight")
-        if len(up) != 2 or up[1] != width:
-            raise ModelError(f"{where}: tensor v.blk.{i}.ffn_up.weight has shape {list(up)}; expected [n_ff, {width}]")
-        need(f"v.blk.{i}.ffn_down.weight", (width, up[0]))
+        up, down = need(f"v.blk.{i}.ffn_up.weight"), need(f"v.blk.{i}.ffn_down.weight")
+        # [n_ff, width] then [width, n_ff]; llama.cpp's legacy LLaVA converter stores the two the other way
+        # round and mtmd swaps them back by shape
+        if not (len(up) == len(down) == 2 and up == down[::-1] and width in up):
+            raise ModelError(f"{where}: tensors v.blk.{i}.ffn_up.weight {list(up)} and ffn_down.weight "
+                             f"{list(down)} are not a feed-forward pair of width {width}")
     # both layers and both biases: the graph adds the biases unconditionally, and mtmd reads the output width
     # of an "mlp" projector from mm.2.weight
     mm0, mm2 = need("mm.0.weight"), need("mm.2.weight")
