@@ -60,17 +60,10 @@ class ChatSession(Closeable):
         return "".join(pieces)
 
     def _record_stats(self, seconds: float) -> None:
-        st = self.pipe.decoder.stats
-        self.last = {
-            "strategy": self.pipe.strategy.name,
-            "visual_tokens_in": int(st.n_visual),
-            "visual_tokens_avg": round(st.visual_tokens_avg, 2),
-            "alive_per_layer": [int(x) for x in st.visual_alive_per_layer],
-            "prefill_seconds": round(st.prefill_seconds, 3),
-            "encode_seconds": round(getattr(self.pipe, "_encode_seconds", 0.0), 3),
-            "kv_bytes": int(self.pipe.decoder.kv_used_bytes()),
-            "turn_seconds": round(seconds, 3),
-        }
+        result = self.pipe.last_result
+        result.kv_bytes = self.pipe.decoder.kv_used_bytes()  # the whole first turn, answer included
+        self.last = {**result.summary(), "turn_seconds": round(seconds, 3)}
+        st = result.stats
         if self.show_keep is not None and st.kept_raster:
             grid = grid_shape(self.pipe.n_visual)
             draw_keep_map(self.conv.image, st.kept_raster, grid, self.show_keep)

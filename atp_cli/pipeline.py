@@ -53,6 +53,8 @@ class PipelineConfig:
 
 @dataclass
 class Result:
+    """An answer and what it cost: the one statistics type of the Pipeline, the chat's /stats and --json."""
+
     text: str
     stats: PrefillStats
     encode_seconds: float = 0.0
@@ -60,6 +62,20 @@ class Result:
     decode_tokens_per_s: float = 0.0
     kv_bytes: int = 0
     visual_in: int = 0  # visual tokens entering the LLM
+    strategy: str = ""
+
+    def summary(self) -> dict:
+        """The statistics as JSON-ready values (what `atp chat --json` and `/stats` print)."""
+        st = self.stats
+        return {
+            "strategy": self.strategy,
+            "visual_tokens_in": int(self.visual_in),
+            "visual_tokens_avg": round(st.visual_tokens_avg, 2),
+            "alive_per_layer": [int(x) for x in st.visual_alive_per_layer],
+            "prefill_seconds": round(st.prefill_seconds, 3),
+            "encode_seconds": round(self.encode_seconds, 3),
+            "kv_bytes": int(self.kv_bytes),
+        }
     extra: dict = field(default_factory=dict)
 
 
@@ -71,6 +87,7 @@ class Pipeline(Closeable):
         self._busy = threading.Lock()  # held while a question is being answered
         self._owner: object | None = None  # the conversation whose turns are in the caches (or a one-shot marker)
         self._closed = False
+        self.last_result: Result | None = None  # statistics of the last image prefill (kv_bytes: right after it)
         self.model = LlamaModel(model_path)
         try:
             self.encoder = ImageEncoder(mmproj_path, self.model, config.context.n_threads)
@@ -170,11 +187,14 @@ class Pipeline(Closeable):
 
     def prefill_image(self, image: ImageSource, question: str) -> np.ndarray:
         """Start a conversation: encode, build the prompt, prefill with pruning; returns the next-token logits."""
-        prompt, self._encode_seconds = self.prompt(image, question)
-        self._visual_in = int(prompt.visual_mask().sum())
+        prompt, encode_seconds = self.prompt(image, question)
         self.decoder.reset()
         keep = self.strategy if self.decoder.boundaries else None
-        return self.decoder.prefill(prompt, keep)
+        logits = self.decoder.prefill(prompt, keep)
+        self.last_result = Result("", self.decoder.stats, encode_seconds=encode_seconds,
+                                  visual_in=int(prompt.visual_mask().sum()), strategy=self.strategy.name,
+                                  kv_bytes=self.decoder.kv_used_bytes())
+        return logits
 
     def conversation(self):
         """A multi-turn chat over this Pipeline (see atp_cli.conversation)."""
@@ -191,7 +211,7 @@ class Pipeline(Closeable):
         t0 = time.perf_counter()
         logits = self.prefill_image(image, question)
         first = time.perf_counter()
-        encode_s = self._encode_seconds
+        prefilled = self.last_result
         n_generated = 0
         pieces = []
         for piece in stream_text(self.decoder, logits, Sampler(self.config.sampler), self.config.max_tokens):
@@ -201,12 +221,13 @@ class Pipeline(Closeable):
         end = time.perf_counter()
         if result is not None:
             result.text = "".join(pieces)
-            result.stats = self.decoder.stats
-            result.encode_seconds = encode_s
+            result.stats = prefilled.stats
+            result.encode_seconds = prefilled.encode_seconds
             result.first_token_seconds = first - t0
             result.decode_tokens_per_s = n_generated / (end - first) if end > first and n_generated else 0.0
             result.kv_bytes = self.decoder.kv_used_bytes()
-            result.visual_in = self._visual_in
+            result.visual_in = prefilled.visual_in
+            result.strategy = prefilled.strategy
 
     def __call__(self, image: ImageSource, question: str) -> Result:
         result = Result("", PrefillStats())
