@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from atp_cli.errors import InputError
 
-N_FEATURES = 10  # pooled statistics fed to the threshold MLP (features.py)
+N_FEATURES = 10  # pooled statistics fed to the threshold MLP (pruning/atp.py: pooled_features)
 
 
 @dataclass(frozen=True)
