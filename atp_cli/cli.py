@@ -127,7 +127,8 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
 @click.option("--budget", type=FiniteRange(0, min_open=True), default=144.0, show_default=True,
               help="Visual tokens averaged over all decoder layers (paper metric).")
 @click.option("--boundaries", help="Comma-separated module boundaries (default: spread like 5/15/25 of 32; at a 25 % "
-                                   "budget the default model kept more accuracy with 2,10,20 of 30: docs/TRAINING.md).")
+                                   "budget the default model kept more accuracy with 2,10,20 of 30: "
+                                   "research/TRAINING_NOTES.md).")
 @click.option("--steps", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--accumulate", type=click.IntRange(1), default=4, show_default=True, help="Examples per optimizer step.")
 @click.option("--lr", type=FiniteRange(0, 10, min_open=True), default=1e-3, show_default=True)
@@ -140,7 +141,7 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
               help="Forward with inference's hard keep decision (gradient of the soft mask) instead of the soft masks.")
 @click.option("--start-thresholds", type=float, nargs=2, metavar="THETA_R THETA_SP",
               help="Every module starts at these thresholds for every image (e.g. a fixed rule calibrated to the "
-                   "budget: scripts/boundary_ablation.py const:...); default: near keeping everything.")
+                   "budget: research/boundary_ablation.py const:...); default: near keeping everything.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: str | None, steps: int, accumulate: int,
           lr: float, lambda_budget: float, distill: float, llm: str, save_model: Path | None, hard_masks: bool,

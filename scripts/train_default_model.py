@@ -5,8 +5,8 @@
 
 The committed artifacts (atp_cli/assets_default/) come from three runs: stages 1 and 2 from this script's defaults
 in two runs, because stage 2 was resumed from a snapshot that predates the saved optimiser state, and the ATP modules
-from a third that writes the calibrated start of stage 3 without training it (docs/TRAINING.md: 40 trained steps
-from there scored 3 of 154 validation questions lower):
+from a third that writes the calibrated start of stage 3 without training it (research/TRAINING_NOTES.md: 40 trained
+steps from there scored 3 of 154 validation questions lower):
 
   python scripts/train_default_model.py --stages 1,2 --work /tmp/atp-ml --lora-steps 40
   python scripts/train_default_model.py --stages 2 --work /tmp/atp-ml --lora-steps 120 --resume --resumed-steps 40
@@ -21,14 +21,14 @@ Data: --train-images generated images (scenes and Fashion-MNIST mosaics mixed), 
 Stage 1 aligns the projector patch by patch: each visual token is regressed onto SmolLM2's embeddings of the words
 that describe its patch (atp_cli/train/align.py; no language-model pass, so it sees --align-images images cheaply).
 The projector reads the tower's hidden states 4 and 12 concatenated (--feature-layer): DINOv2's deep states keep
-shape but lose colour, its early ones keep colour (scripts/feature_layer_probe.py; docs/TRAINING.md).
+shape but lose colour, its early ones keep colour (research/feature_layer_probe.py; research/TRAINING_NOTES.md).
 Stage 2 trains rank-16 LoRA adapters on every linear layer of SmolLM2 (and the projector, with --lr > 0) on the
 questions, packing an image's questions into one sequence that holds the image once (atp_cli/train/projector.py).
 Stage 3 trains the ATP threshold modules toward an average of --budget visual tokens (paper metric) with the
 language model frozen, on the first question of each record, with the paper's soft masks (--hard-masks: inference's
 hard decision forward) and modules before layers 5, 14 and 23 (--boundaries; ATP kept more validation accuracy with
-2, 10, 20: scripts/boundary_ablation.py, docs/TRAINING.md). --start-thresholds starts every module at one fixed
-(theta_r, theta_sp), e.g. the rule `scripts/boundary_ablation.py --variants const:2-10-20` calibrates to the budget.
+2, 10, 20: research/boundary_ablation.py, research/TRAINING_NOTES.md). --start-thresholds starts every module at one
+fixed (theta_r, theta_sp), e.g. the rule `research/boundary_ablation.py --variants const:2-10-20` calibrates to the budget.
 The artifacts are written into atp_cli/assets_default/ (projector.safetensors, lora.safetensors,
 atp.safetensors). --stages picks the stages to run; a later stage starts from the committed artifacts.
 On 2 CPU cores stage 1 takes about 0.3-0.7 s per image (the tower) plus 0.1-0.3 s per step; on CPUs with
@@ -38,7 +38,7 @@ took about 45 s and a stage 3 step about 35 s. Learning rates are constant after
 snapshot at step N (saved every 25 steps in --work, with the optimiser's state) equals a run of N steps, and
 --resume continues it exactly; --decay-from S lets them fall linearly to zero from step S on, and a snapshot of
 step S resumes into that decay. --weight-first-turns weights each turn's loss toward the first questions' mix of
-types and answers (what evaluation asks; docs/TRAINING.md). A GPU is used when present.
+types and answers (what evaluation asks; research/TRAINING_NOTES.md). A GPU is used when present.
 """
 
 from __future__ import annotations

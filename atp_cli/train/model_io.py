@@ -24,7 +24,7 @@ def load_model(checkpoint: Path, seed: int):
 
 def bf16_is_fast(device: torch.device) -> bool:
     """Does `device` compute bfloat16 matrix products natively? On CPUs without AVX512-BF16 or AMX, torch emulates
-    them tens of times slower than float32 (scripts/bench_bf16.py), so autocast must stay off there."""
+    them tens of times slower than float32 (research/bench_bf16.py), so autocast must stay off there."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return has_native_bf16()  # not Linux: no flags to read, so float32

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Greedy accuracy of a stage-2 snapshot in PyTorch (float32) on a question file, per question type.
 
-  python scripts/snapshot_accuracy.py --checkpoint WORK/stage2-start --lora WORK/lora/lora.safetensors \
+  python research/snapshot_accuracy.py --checkpoint WORK/stage2-start --lora WORK/lora/lora.safetensors \
       --data OUT/data-val-mix/val.jsonl
 
 Scores every turn of every record the way the stage-2 trainer validates (`train.projector.validate`: each answer

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Is bfloat16 autocast worth it on this machine? One of the language model's matrix products, timed both ways.
 
-  python scripts/bench_bf16.py
+  python research/bench_bf16.py
 
 Times a 600 x 576 by 576 x 1536 product (about an image's tokens through SmolLM2-135M's MLP) in float32 and in
 bfloat16, side by side, and prints what `train.model_io.bf16_is_fast` decides. Where the CPU lacks AVX512-BF16 and

@@ -1,4 +1,4 @@
-"""scripts/oracle_ceiling.py: the oracle rows belong to the very image the record shows."""
+"""research/oracle_ceiling.py: the oracle rows belong to the very image the record shows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from atp_cli.data.mix import write_mixed_split
 from atp_cli.data.scenes import PROMPT_SUFFIX
 from atp_cli.train.align import POSITION_WORDS, WordTargets
 from atp_cli.train.data import load_samples
-from scripts.oracle_ceiling import example_of, oracle_tokens
+from research.oracle_ceiling import example_of, oracle_tokens
 from tests.test_mosaics import _synthetic
 
 

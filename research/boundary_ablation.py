@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where should ATP's modules sit? Accuracy on the validation split at one budget, boundaries against boundaries.
 
-  python scripts/boundary_ablation.py --variants none,atp,uniform,free:5-14-23,free:2-10-20
+  python research/boundary_ablation.py --variants none,atp,uniform,free:5-14-23,free:2-10-20
 
 With a budget of 25 % of the visual token-layers, every layer before the first module costs full price: on a
 30-layer decoder a first module before layer 5 has spent two thirds of the budget there, so the later layers must

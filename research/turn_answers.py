@@ -1,6 +1,6 @@
 """How a split's answers are spread over first and later turns, per question type, and what rebalancing keeps.
 
-  python scripts/turn_answers.py /tmp/atp-ml/data/train.jsonl --seed 1
+  python research/turn_answers.py /tmp/atp-ml/data/train.jsonl --seed 1
 
 Generated layouts are drawn for a record's first question, so a type's later answers can differ from its first
 ones (docs/TRAINING.md, "First questions and later questions"). Per type: its share of all questions and of first

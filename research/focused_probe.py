@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Can stage 2 teach one question type with data of that type alone? A continuation trained only on its questions.
 
-  python scripts/focused_probe.py --work /tmp/atp-ml --kind fashion_count --steps 40
+  python research/focused_probe.py --work /tmp/atp-ml --kind fashion_count --steps 40
 
 Takes the training records of WORK/data/train.jsonl whose first question is of --kind, keeps that question alone, and
 continues the stage-2 snapshot in WORK/lora (projector frozen, LoRA adapters learning, the snapshot's optimiser
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from atp_cli.data.mix import SOURCES, write_mixed_split  # noqa: E402
 from atp_cli.train.data import load_samples  # noqa: E402
 from atp_cli.train.projector import STATE, ProjectorConfig, train_projector  # noqa: E402
-from scripts.snapshot_accuracy import score, summary  # noqa: E402
+from research.snapshot_accuracy import score, summary  # noqa: E402
 
 
 def first_questions(src: Path, kind: str, out: Path) -> Path:

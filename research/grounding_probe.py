@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Can the default model's language model learn to read its visual tokens? A one-shape probe, three token sources.
 
-  python scripts/grounding_probe.py --tokens projector --lr 1e-3 --steps 80    # DINOv2 -> projector (+ LoRA)
-  python scripts/grounding_probe.py --tokens oracle-word --steps 30            # colour word's embedding on the shape
-  python scripts/grounding_probe.py --tokens oracle-mean --steps 20            # mean of colour and shape embeddings
+  python research/grounding_probe.py --tokens projector --lr 1e-3 --steps 80    # DINOv2 -> projector (+ LoRA)
+  python research/grounding_probe.py --tokens oracle-word --steps 30            # colour word's embedding on the shape
+  python research/grounding_probe.py --tokens oracle-mean --steps 20            # mean of colour and shape embeddings
 
 Data: 600 training and 30 validation images, each one shape (radius 30-60 px) of one of six colours on a light
 background, with five questions (its colour, 'is it <colour>?' yes and no, its shape, its quadrant), packed per
@@ -38,7 +38,7 @@ from atp_cli.train.align import WordTargets  # noqa: E402
 from atp_cli.train.data import encode_packed, load_samples  # noqa: E402
 from atp_cli.train.model_io import bf16_is_fast, load_model  # noqa: E402
 from atp_cli.train.projector import ProjectorConfig, packed_loss, train_projector, validate  # noqa: E402
-from scripts.snapshot_accuracy import summary  # noqa: E402
+from research.snapshot_accuracy import summary  # noqa: E402
 
 SUFFIX = " Answer with a word or two."
 

@@ -1,6 +1,6 @@
 """Two rows of `atp bench quality` output compared question by question, with the split they answered.
 
-  python scripts/compare_answers.py --data OUT/data-test-mix/test.jsonl \
+  python research/compare_answers.py --data OUT/data-test-mix/test.jsonl \
       docs/bench/test-300/quality.json:atp docs/bench/test-300/quality.json:none --kind fashion_count
 
 Runs over consecutive blocks of a split (`atp data --start`, then `atp bench quality --data`) combine: give each

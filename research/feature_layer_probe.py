@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Which of DINOv2's hidden states carry what the questions ask about? A linear probe per patch and layer.
 
-  python scripts/feature_layer_probe.py                       # every single layer 0..12
-  python scripts/feature_layer_probe.py --combos 4,12 5,11    # concatenations, as the projector would read them
+  python research/feature_layer_probe.py                       # every single layer 0..12
+  python research/feature_layer_probe.py --combos 4,12 5,11    # concatenations, as the projector would read them
 
 Patches come from generated images of the train split (fit) and the val split (scored): a scene's object patches
 are labelled with the object's colour and shape, a mosaic's inked patches with the Fashion-MNIST item's name

@@ -1,4 +1,4 @@
-"""scripts/compare_answers.py: two bench rows compared question by question, over one block or several."""
+"""research/compare_answers.py: two bench rows compared question by question, over one block or several."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.compare_answers import answered
+from research.compare_answers import answered
 
 
 def _block(tmp_path, name: str, answers: list[str]):

@@ -1,4 +1,4 @@
-"""The oracle stage-2 loop of scripts/grounding_probe.py: only the LoRA adapters learn from the given rows, and every
+"""The oracle stage-2 loop of research/grounding_probe.py: only the LoRA adapters learn from the given rows, and every
 validation scores every turn."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from atp_cli.train.data import load_samples  # noqa: E402
-from scripts.grounding_probe import oracle_model, train_on_oracle  # noqa: E402
+from research.grounding_probe import oracle_model, train_on_oracle  # noqa: E402
 from tests.tiny_llava import build_tiny_llava, write_colour_records  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How far can stage 2 take the language model if the projector were perfect? Oracle tokens on the full mix.
 
-  python scripts/oracle_ceiling.py --base /tmp/atp-ml/base --data /tmp/atp-ml/data/train.jsonl \
+  python research/oracle_ceiling.py --base /tmp/atp-ml/base --data /tmp/atp-ml/data/train.jsonl \
       --val /tmp/atp-pos/val/val.jsonl --steps 40 --every 20 [--no-positions]
 
 Every visual token is replaced by exactly what stage 1 regresses the projector onto (`train.align.target_words`:
@@ -29,7 +29,7 @@ from atp_cli.data.mix import make_mixed_example  # noqa: E402
 from atp_cli.data.scenes import Example  # noqa: E402
 from atp_cli.train.align import WordTargets, target_words  # noqa: E402
 from atp_cli.train.data import Sample, load_samples  # noqa: E402
-from scripts.grounding_probe import oracle_model, train_on_oracle  # noqa: E402
+from research.grounding_probe import oracle_model, train_on_oracle  # noqa: E402
 
 GRID = 24
 
