@@ -178,7 +178,7 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
     from atp_cli.pipeline import Pipeline, PipelineConfig
     from atp_cli.pruning.store import AtpWeights
     from atp_cli.runtime.context import ContextConfig
-    from atp_cli.train.data import load_samples
+    from atp_cli.llava_data import load_samples
     from converters.convert import attach
 
     samples = load_samples(data)[:limit]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from atp_cli.errors import InputError
+from atp_cli.llava_data import load_samples
 
 
 def load_split(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -14,19 +16,18 @@ def load_split(path: str | Path, limit: int | None = None) -> list[dict]:
 
 def load_turns(path: str | Path, per_image: int) -> list[dict]:
     """Up to `per_image` questions of every record, evenly spaced over its turns, each a row of its own (asked in a
-    fresh conversation): image_path, question, answer and kind (the question type; 'all' when the record has none)."""
-    path = Path(path)
+    fresh conversation): image_path, question, answer and kind (the question type; 'all' when the record has none).
+
+    The file is read and every image is checked to exist before any model work: a malformed record or a missing image
+    is an InputError naming it."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        conv = record["conversations"]
-        n_turns = len(conv) // 2
-        kinds = record.get("kinds") or [record.get("kind", "all")] * n_turns
+    for sample in load_samples(path):
+        if not sample.image.is_file():
+            raise InputError(f"{path}: image {sample.image} not found")
+        n_turns = len(sample.turns)
+        kinds = sample.kinds if len(sample.kinds) == n_turns else (sample.kinds[:1] or ("all",)) * n_turns
         asked = min(per_image, n_turns)
         for t in (i * n_turns // asked for i in range(asked)):
-            rows.append({"image_path": path.parent / record["image"], "kind": kinds[t],
-                         "question": conv[2 * t]["value"].replace("<image>", "").strip(),
-                         "answer": conv[2 * t + 1]["value"]})
+            question, answer = sample.turns[t]
+            rows.append({"image_path": sample.image, "kind": kinds[t], "question": question, "answer": answer})
     return rows

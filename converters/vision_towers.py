@@ -7,7 +7,7 @@ graph compute what transformers computes:
 - DINOv2's layer scale (ignored by the llava graph) is folded into attn_out and ffn_down;
 - DINOv2's position grid is interpolated to the converted image size with transformers' own routine;
 - a CLS token is stored as `v.class_embd` with the CLS position row first (exact with atp's llama.cpp, whose
-  patch 0002 puts CLS first; stock llama.cpp appends it last), or dropped with `keep_cls=False`.
+  patch 0005 puts CLS first; stock llama.cpp appends it last), or dropped with `keep_cls=False`.
 """
 
 from __future__ import annotations

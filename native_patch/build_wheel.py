@@ -29,7 +29,7 @@ COMMON_ARGS = "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_
 # Every build flag of the wheel is here. On x86-64 the wheel is portable: GGML_BACKEND_DL with
 # GGML_CPU_ALL_VARIANTS builds the CPU backend once per instruction-set level and ggml picks the best
 # one this CPU supports at run time (x64, haswell, alderlake, skylakex, cascadelake, icelake, zen4: the
-# list in 0003-portable-cpu-variants-without-amx.patch). No variant enables AMX: ggml's AMX matrix
+# list in 0006-portable-cpu-variants-without-amx.patch). No variant enables AMX: ggml's AMX matrix
 # multiply segfaults on Sapphire Rapids (llama.cpp issue 20824), and GGML_NATIVE=ON would switch it on
 # by itself on any AMX CPU. To re-enable AMX once upstream fixes it, add the sapphirerapids variant
 # back to that patch (and to its install list) - see docs/ARCHITECTURE.md, "CPU variants and AMX".

@@ -15,7 +15,7 @@ from llama_cpp import llama_cpp as llama
 
 from atp_cli.errors import NativeLibraryError
 
-ABI_VERSION = 1  # LLAMA_ATP_ABI_VERSION in native_patch/0001-atp-layer-range-segments.patch
+ABI_VERSION = 1  # LLAMA_ATP_ABI_VERSION in native_patch/0002-atp-layer-range-segments.patch
 
 
 class SegmentParams(ctypes.Structure):

@@ -1,74 +1,16 @@
-"""Training data in LLaVA's format: a JSON list or JSONL of {"image", "conversations"} records.
-
-    {"image": "img/0001.png",
-     "conversations": [{"from": "human", "value": "<image>\\nWhat colour is the circle?"},
-                       {"from": "gpt", "value": "Red."}]}
-
-Image paths are relative to the data file. Every human/gpt pair of a record is kept (`Sample.turns`); the
-ATP trainer uses the first, the projector trainer packs them all as independent questions about the image.
-"""
+"""Training data: LLaVA-format records (read by `atp_cli.llava_data`) turned into what the trainers feed. The ATP
+trainer uses each record's first question, the projector trainer packs them all as independent questions."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
 from atp_cli.errors import InputError
-
-IMAGE_PLACEHOLDER = "<image>"
-
-
-@dataclass(frozen=True)
-class Sample:
-    image: Path
-    turns: tuple[tuple[str, str], ...]  # (question without the placeholder, answer), in the record's order
-    kinds: tuple[str, ...] = ()  # question type per turn, where the record names them (generated data does)
-
-    @property
-    def question(self) -> str:
-        return self.turns[0][0]
-
-    @property
-    def answer(self) -> str:
-        return self.turns[0][1]
-
-
-def _parse(record: dict, base: Path, where: str) -> Sample:
-    try:
-        conv = record["conversations"]
-        humans = [t["value"] for t in conv if t["from"] == "human"]
-        gpts = [t["value"] for t in conv if t["from"] == "gpt"]
-        image = base / record["image"]
-    except (KeyError, TypeError) as e:
-        raise InputError(f"{where}: not a LLaVA record with an image and a human/gpt pair ({e})") from e
-    if not humans or not gpts or not all(isinstance(v, str) for v in humans + gpts):
-        raise InputError(f"{where}: not a LLaVA record with an image and a human/gpt pair")
-    turns = tuple((h.replace(IMAGE_PLACEHOLDER, "").strip(), g.strip()) for h, g in zip(humans, gpts))
-    kinds = record.get("kinds") or ([record["kind"]] if "kind" in record else [])
-    return Sample(image, turns, tuple(str(k) for k in kinds[: len(turns)]))
-
-
-def load_samples(path: str | Path) -> list[Sample]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"cannot read training data {path}: {e}") from e
-    try:
-        records = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path} is neither a JSON list nor JSONL: {e}") from e
-    samples = [_parse(r, path.parent, f"{path} record {i}") for i, r in enumerate(records)]
-    if not samples:
-        raise InputError(f"{path} holds no records")
-    return samples
-
+from atp_cli.llava_data import IMAGE_PLACEHOLDER, Sample, load_samples  # noqa: F401  (the trainers' API)
 
 SKEW = 0.2  # total variation between a type's first-turn and later-turn answers above which later turns are thinned
 
