@@ -49,7 +49,7 @@ def answered(data: list[Path], spec: str, ref_spec: str) -> tuple[list[dict], li
     questions, ours, theirs = [], [], []
     for path, row, ref in zip(data, rows, refs):
         n = min(row["n"], ref["n"])
-        block = load_split(path, n)
+        block = load_split(path, n, check_images=False)  # stored answers: the images may be long gone
         if len(block) < n:
             raise SystemExit(f"{path} holds {len(block)} records, the rows answered {n}")
         questions += block
