@@ -8,6 +8,7 @@ own weights, kept small and committed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -119,6 +120,10 @@ def build_default_model(out: Path = DEFAULT_DIR, force: bool = False, artifacts:
     stamp = out / "artifacts.sha256"
     if out.is_dir() and not force and stamp.is_file() and stamp.read_text() == artifacts_digest(artifacts):
         return out
+    missing = [m for m in ("torch", "transformers", "onnx", "safetensors") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModelError(f"assembling the default model needs {', '.join(missing)}: pip install 'atp[convert]' "
+                         "(or pass --model FOLDER / --gguf FILE --mmproj FILE)")
     if not projector.is_file():
         raise ModelError(f"the trained projector {projector} is missing; train it with scripts/train_default_model.py")
     weights = load_safetensors(atp_file) if atp_file.is_file() else None
