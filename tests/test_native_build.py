@@ -187,3 +187,15 @@ def test_doctor_names_a_stock_library(monkeypatch):
     report = doctor.collect()
     assert report.facts["atp patch ABI"] == "missing"
     assert any("lacks the atp entry points" in p for p in report.problems)
+
+
+def test_the_pinned_llama_cpp_python_version_agrees_everywhere():
+    """The sdist the wheel is built from, the package's dependency pin and the converter's tools folder."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    from converters.llm import LLAMA_CPP_VERSION
+
+    pins = [d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+            if d.startswith("llama-cpp-python")]
+    assert pins == [f"llama-cpp-python=={load_build_wheel().SDIST_VERSION}"]
+    assert LLAMA_CPP_VERSION == load_build_wheel().SDIST_VERSION
