@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from atp_cli.driver import PrefillStats, SegmentedDecoder
+from atp_cli.embedding_cache import DEFAULT_BYTES, EmbeddingCache, image_key
 from atp_cli.errors import InputError, UsageError
 from atp_cli.generation import stream_text
 from atp_cli.image_input import load_image
@@ -49,6 +50,7 @@ class PipelineConfig:
     context: ContextConfig = ContextConfig()
     sampler: SamplerConfig = SamplerConfig()
     max_tokens: int = 256
+    embedding_cache_bytes: int = DEFAULT_BYTES  # projected rows of recent images kept (0: encode every time)
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Pipeline(Closeable):
         self._owner: object | None = None  # the conversation whose turns are in the caches (or a one-shot marker)
         self._closed = False
         self.last_result: Result | None = None  # statistics of the last image prefill (kv_bytes: right after it)
+        self.embeddings = EmbeddingCache(config.embedding_cache_bytes)
         self.model = LlamaModel(model_path)
         try:
             self.encoder = ImageEncoder(mmproj_path, self.model, config.context.n_threads)
@@ -172,7 +175,7 @@ class Pipeline(Closeable):
         """The prompt for one image and question, and the seconds spent encoding the image."""
         check_question(question)
         t0 = time.perf_counter()
-        rows = self.encoder.encode(load_image(image))
+        rows = self.encode(load_image(image))
         seconds = time.perf_counter() - t0
         prompt = self.chat.image_prompt(rows, question)
         if isinstance(self.strategy, VisionZipStyle):
@@ -184,6 +187,14 @@ class Pipeline(Closeable):
             raise InputError(f"prompt of {len(prompt)} tokens + {self.config.max_tokens} to generate does not fit "
                              f"the context of {n_ctx} tokens{note}")
         return prompt, seconds
+
+    def encode(self, image: Image.Image) -> np.ndarray:
+        """The image's projected rows (read-only), from the embedding cache when this content was encoded before."""
+        key = image_key(image)
+        rows = self.embeddings.get(key)
+        if rows is None:
+            rows = self.embeddings.put(key, self.encoder.encode(image))
+        return rows
 
     def prefill_image(self, image: ImageSource, question: str) -> np.ndarray:
         """Start a conversation: encode, build the prompt, prefill with pruning; returns the next-token logits."""
