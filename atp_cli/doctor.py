@@ -15,6 +15,7 @@ from pathlib import Path
 
 from atp_cli import cpu
 from atp_cli.paths import cache_root
+from atp_cli.units import human_bytes
 
 
 @dataclass
@@ -56,13 +57,6 @@ def folder_size(path: Path) -> int:
         except OSError:
             continue
     return total
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 def _native(report: Report) -> None:
@@ -117,7 +111,7 @@ def collect() -> Report:
     _native(report)
     _torch(report)
     root = cache_root()
-    report.facts["cache"] = f"{root} ({_size(folder_size(root))})"
+    report.facts["cache"] = f"{root} ({human_bytes(folder_size(root))})"
     if root.is_dir():
-        report.facts["cache folders"] = {p.name: _size(folder_size(p)) for p in sorted(root.iterdir()) if p.is_dir()}
+        report.facts["cache folders"] = {p.name: human_bytes(folder_size(p)) for p in sorted(root.iterdir()) if p.is_dir()}
     return report

@@ -11,8 +11,7 @@ token through all segments.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,12 +110,12 @@ class SegmentedDecoder(Closeable):
         self.next_pos = pos
         self.stop_token = None
 
-    @contextmanager
-    def _atomic(self) -> Iterator[None]:
-        """Undo a partly run prefill or extend, whatever stopped it (an error, KeyboardInterrupt)."""
+    def _atomic(self, run: Callable[[], np.ndarray]) -> np.ndarray:
+        """`run()`, undone if anything stops it part way (an error, KeyboardInterrupt). A plain try, no context
+        manager: extend runs once per generated token."""
         start, stats = self.next_pos, self.stats
         try:
-            yield
+            return run()
         except BaseException:
             self.truncate(start)
             self.stats = stats
@@ -131,8 +130,7 @@ class SegmentedDecoder(Closeable):
         and returns the visual positions that go on; without it, nothing is dropped. Interrupted or failed, it
         leaves the caches as they were.
         """
-        with self._atomic():
-            return self._prefill(prompt, keep)
+        return self._atomic(lambda: self._prefill(prompt, keep))
 
     def _prefill(self, prompt: Prompt, keep: KeepFn | None) -> np.ndarray:
         positions = prompt.all_positions()
@@ -233,8 +231,7 @@ class SegmentedDecoder(Closeable):
         tokens = np.asarray(tokens, dtype=np.int32)
         if tokens.ndim != 1 or tokens.size == 0:
             raise InputError("extend needs a non-empty 1-D list of token ids")
-        with self._atomic():
-            return self._extend(tokens)
+        return self._atomic(lambda: self._extend(tokens))
 
     def _extend(self, tokens: np.ndarray) -> np.ndarray:
         positions = np.arange(self.next_pos, self.next_pos + len(tokens), dtype=np.int32)

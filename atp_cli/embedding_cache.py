@@ -14,6 +14,8 @@ from collections import OrderedDict
 import numpy as np
 from PIL import Image
 
+from atp_cli.errors import InputError
+
 DEFAULT_BYTES = 64 * 2**20  # 64 MiB: 28 images of LLaVA-1.5-7B (576 x 4096 float32 rows = 9 MiB each)
 
 
@@ -30,14 +32,11 @@ class EmbeddingCache:
 
     def __init__(self, max_bytes: int = DEFAULT_BYTES) -> None:
         if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+            raise InputError(f"the embedding cache size must be >= 0 bytes, got {max_bytes}")
         self.max_bytes = max_bytes
         self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.bytes = 0  # of the rows held
         self.hits = self.misses = 0
-
-    @property
-    def bytes(self) -> int:
-        return sum(r.nbytes for r in self._rows.values())
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -57,11 +56,13 @@ class EmbeddingCache:
         rows.setflags(write=False)
         if rows.nbytes > self.max_bytes:
             return rows
+        old = self._rows.pop(key, None)
+        self.bytes += rows.nbytes - (old.nbytes if old is not None else 0)
         self._rows[key] = rows
-        self._rows.move_to_end(key)
         while self.bytes > self.max_bytes:
-            self._rows.popitem(last=False)
+            self.bytes -= self._rows.popitem(last=False)[1].nbytes
         return rows
 
     def clear(self) -> None:
         self._rows.clear()
+        self.bytes = 0

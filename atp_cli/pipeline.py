@@ -89,7 +89,7 @@ class Pipeline(Closeable):
         self._busy = threading.Lock()  # held while a question is being answered
         self._owner: object | None = None  # the conversation whose turns are in the caches (or a one-shot marker)
         self._closed = False
-        self.last_result: Result | None = None  # statistics of the last image prefill (kv_bytes: right after it)
+        self.last_result: Result | None = None  # statistics of the last image prefill (text and kv_bytes unset)
         self.embeddings = EmbeddingCache(config.embedding_cache_bytes)
         self.model = LlamaModel(model_path)
         try:
@@ -203,8 +203,7 @@ class Pipeline(Closeable):
         keep = self.strategy if self.decoder.boundaries else None
         logits = self.decoder.prefill(prompt, keep)
         self.last_result = Result("", self.decoder.stats, encode_seconds=encode_seconds,
-                                  visual_in=int(prompt.visual_mask().sum()), strategy=self.strategy.name,
-                                  kv_bytes=self.decoder.kv_used_bytes())
+                                  visual_in=int(prompt.visual_mask().sum()), strategy=self.strategy.name)
         return logits
 
     def conversation(self):

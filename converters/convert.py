@@ -19,6 +19,7 @@ from atp_cli.errors import InputError, ModelError
 from atp_cli.model_files import MMPROJ_FILE, MODEL_FILE, find_pair
 from atp_cli.pruning.store import AtpWeights, add_to_writer, attach_atp
 from atp_cli.runtime.mmproj_check import check_mmproj
+from atp_cli.units import human_bytes
 from converters.checkpoint import LlavaCheckpoint, check_tensors, open_checkpoint
 from converters.llm import convert_text_model
 from converters.mmproj import n_blocks_run, write_mmproj
@@ -65,14 +66,7 @@ def _check_disk(ckpt: LlavaCheckpoint, parent: Path, outtype: str) -> None:
     need = sum(p.stat().st_size for p in ckpt.shards) * (1.0 if outtype in ("f32", "f16", "bf16") else 1.5)
     free = shutil.disk_usage(parent).free
     if free < need:
-        raise InputError(f"not enough disk space in {parent}: about {_size(need)} needed, {_size(free)} free")
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} bytes"
+        raise InputError(f"not enough disk space in {parent}: about {human_bytes(need)} needed, {human_bytes(free)} free")
 
 
 def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOptions()) -> ConvertSummary:

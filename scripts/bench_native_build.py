@@ -121,6 +121,8 @@ def main() -> None:
     if args.worker:
         print(json.dumps(measure(args.worker, args.threads, args.repeats)))
         return
+    if any("=" not in item for item in args.lib):
+        ap.error("--lib takes NAME=DIR")
     builds = [(name, Path(path)) for name, path in (item.split("=", 1) for item in args.lib)] or default_builds()
     if len(builds) < 2:
         raise SystemExit("give at least two --lib NAME=DIR (or none: native against the installed build)")

@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import math
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -295,6 +294,3 @@ def tiny_checkpoint(folder: Path) -> Path:
 
     return build_tiny_llava(folder, "clip", grid=4, patch=4, text_layers=2, seed=3)
 
-
-def clean(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -66,7 +66,6 @@ FIELDS = (
     Field(Atp.FREE_STRIDE, "ints", lambda v: _ints(0, MAX_GRID, (1, 64))(v) and 1 not in [int(x) for x in v],
           "1 to 64 integers, each 0 (no grid) or >= 2", required=False),
 )
-BY_KEY = {f.key: f for f in FIELDS}
 
 
 def check_fields(values: Mapping[str, object], where: str) -> dict[str, object]:

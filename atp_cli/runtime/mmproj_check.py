@@ -58,11 +58,8 @@ class MmprojInfo:
         return (self.image_size // self.patch_size) ** 2
 
 
-_value = field_value
-
-
 def _int(reader: gguf.GGUFReader, key: str, lo: int, hi: int, where: str) -> int:
-    v = _value(reader, key)
+    v = field_value(reader, key)
     if v is None:
         raise ModelError(f"{where}: {key} is missing; expected an integer in [{lo}, {hi}]")
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
@@ -71,7 +68,7 @@ def _int(reader: gguf.GGUFReader, key: str, lo: int, hi: int, where: str) -> int
 
 
 def _floats(reader: gguf.GGUFReader, key: str, n: int, positive: bool, where: str) -> None:
-    v = _value(reader, key)
+    v = field_value(reader, key)
     if v is None:
         return
     ok = isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
@@ -90,7 +87,7 @@ def check_mmproj(path: str | Path, n_embd_text: int | None = None) -> MmprojInfo
     where = str(path)
     reader = open_gguf(path)
     _check_types(reader, where)
-    if not _value(reader, "clip.has_vision_encoder"):
+    if not field_value(reader, "clip.has_vision_encoder"):
         raise ModelError(f"{where} has no vision encoder (clip.has_vision_encoder); is it an mmproj file?")
     image = _int(reader, "clip.vision.image_size", 1, 8192, where)
     patch = _int(reader, "clip.vision.patch_size", 1, image, where)
@@ -103,17 +100,17 @@ def check_mmproj(path: str | Path, n_embd_text: int | None = None) -> MmprojInfo
         raise ModelError(f"{where}: clip.vision.attention.head_count = {heads} does not divide "
                          f"clip.vision.embedding_length = {width}")
     blocks = _int(reader, "clip.vision.block_count", 1, 1024, where)
-    eps = _value(reader, "clip.vision.attention.layer_norm_epsilon")
+    eps = field_value(reader, "clip.vision.attention.layer_norm_epsilon")
     if eps is not None and not (isinstance(eps, float) and math.isfinite(eps) and 0 < eps < 1):
         raise ModelError(f"{where}: clip.vision.attention.layer_norm_epsilon = {eps!r}; expected a number in (0, 1)")
     _floats(reader, "clip.vision.image_mean", 3, False, where)
     _floats(reader, "clip.vision.image_std", 3, True, where)
-    layers = _value(reader, "clip.vision.feature_layer")
+    layers = field_value(reader, "clip.vision.feature_layer")
     if layers is not None and (not isinstance(layers, list)
                                or not all(isinstance(x, int) and -1 <= x <= blocks for x in layers)):
         raise ModelError(f"{where}: clip.vision.feature_layer = {layers!r}; expected layers in [0, {blocks}]")
-    projection = _value(reader, "clip.vision.projection_dim")  # CLIP's own projection: unused by the llava graph
-    if (_value(reader, "clip.projector_type") or "mlp") == "mlp":  # LLaVA's projector: its tensors are known
+    projection = field_value(reader, "clip.vision.projection_dim")  # CLIP's own projection: unused by the llava graph
+    if (field_value(reader, "clip.projector_type") or "mlp") == "mlp":  # LLaVA's projector: its tensors are known
         out_dim = _check_tensors(_shapes(reader), width, blocks, image, patch, where)
     else:  # other projectors: mtmd checks their output width against the language model itself
         out_dim = int(projection) if isinstance(projection, int) else (n_embd_text or 0)
