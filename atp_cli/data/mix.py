@@ -1,7 +1,10 @@
 """Splits that mix the generated sources, so one training set asks about scenes and about mosaics.
 
-Which source answers for (split, index) is itself a seeded draw, on a stream of its own, so a mixed split is
-as reproducible as a single-source one and each example keeps the seed of its own source.
+The question type and answer of (split, index) are a seeded, stratified draw on a stream of their own
+(`balanced_draw`), so every type is equally frequent and every answer within a type equally likely in any run of
+consecutive examples; a mixed split is as reproducible as a single-source one, and each example keeps the seed of
+its own source. `ANSWERS` holds every type's answers (each equally likely), from which
+`chance` gives what a model that does not look can score.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from atp_cli.data.scenes import SPLITS, Example, MakeExample
 from atp_cli.errors import InputError
 
 SOURCES: dict[str, MakeExample] = {"scenes": scenes.make_example, "mosaics": mosaics.make_example}
+SOURCE_ANSWERS = {"scenes": scenes.ANSWERS, "mosaics": mosaics.ANSWERS}
+ANSWERS: dict[str, tuple[str, ...]] = {**scenes.ANSWERS, **mosaics.ANSWERS}
 SEED_STREAM = 20  # added to the split's seed; scenes use 0, mosaics 10
 
 
@@ -26,12 +31,29 @@ def _check(sources: tuple[str, ...]) -> None:
 
 
 def make_mixed_example(split: str, index: int, sources: tuple[str, ...] = ("scenes", "mosaics")) -> Example:
-    """Example `index` of `split` from one of `sources`, picked by a seeded draw."""
+    """Example `index` of `split`, its question type and answer from `balanced_draw`."""
     _check(sources)
     if split not in SPLITS:
         raise InputError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    rng = np.random.default_rng([SPLITS[split] + SEED_STREAM, index])
-    return SOURCES[sources[int(rng.integers(len(sources)))]](split, index)
+    source, kind, answer = balanced_draw(split, index, sources)
+    return SOURCES[source](split, index, kind, answer)
+
+
+def balanced_draw(split: str, index: int, sources: tuple[str, ...]) -> tuple[str, str, str]:
+    """(source, type, answer) of example `index`, so that any run of consecutive indices is balanced.
+
+    Indices come in blocks of one example per type (a seeded permutation of the types), and a type's answer in
+    block b is the (b mod n)-th of a seeded permutation of its n answers drawn once per n blocks. The first
+    12 x 50 examples of a 12-type mix thus hold every type 50 times and every answer of a yes/no type 25 times:
+    a model that answers from the question alone scores chance, not the noise of a random draw."""
+    kinds = [(source, kind) for source in sources for kind in SOURCE_ANSWERS[source]]
+    block, slot = divmod(index, len(kinds))
+    stream = SPLITS[split] + SEED_STREAM
+    source, kind = kinds[int(np.random.default_rng([stream, block]).permutation(len(kinds))[slot])]
+    answers = ANSWERS[kind]
+    cycle, turn = divmod(block, len(answers))
+    kind_seed = list(ANSWERS).index(kind)
+    return source, kind, answers[int(np.random.default_rng([stream, cycle, kind_seed]).permutation(len(answers))[turn])]
 
 
 def write_mixed_split(out: str | Path, split: str, n: int, sources: tuple[str, ...] = ("scenes", "mosaics"),

@@ -1,7 +1,8 @@
 """Mosaics of Fashion-MNIST items: real (if small) photographed objects at known places, exact answers.
 
 A mosaic is a 2x2 grid of cells, some empty, each other cell holding one clothing item drawn dark on a light
-background. Questions ask what is in a cell, where a (unique) item is, or how many items of a class there are.
+background. Questions ask what is in a cell, where a (unique) item is, or how many items of a class there are
+(zero to four); the answer is drawn first, uniformly among the type's answers, and the mosaic laid out to match.
 Items come from the Debian package `dataset-fashion-mnist`; splits never share an item: `train` and `val` use
 disjoint ranges of Fashion-MNIST's training part and `test` uses its test part. Examples are seeded per
 (split, index) like the scenes, on a seed stream of their own.
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from atp_cli.data.scenes import NUMBERS, SIZE, SPLITS, Example, patch_regions
+from atp_cli.data.scenes import NUMBERS, SIZE, SPLITS, Example, check_answer, patch_regions
 from atp_cli.errors import InputError
 
 APT_PACKAGE = "dataset-fashion-mnist"
@@ -28,7 +29,6 @@ FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 PART = {"train": "train", "val": "train", "test": "test"}  # the Fashion-MNIST part each split draws from
 VAL_FRACTION = 6  # val uses the last 1/6 of the training part (10,000 of 60,000 items)
-QUESTION_TYPES = ("fashion_what", "fashion_where", "fashion_count")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")  # cell index = row * 2 + column
 CELL = SIZE // 2
 SEED_STREAM = 10  # added to the split's seed so mosaics never reuse a scene's random stream
@@ -46,6 +46,12 @@ CLASSES = (Garment("t-shirt", "t-shirt", "t-shirts"), Garment("trousers", "pair 
            Garment("coat", "coat", "coats"), Garment("sandal", "sandal", "sandals"),
            Garment("shirt", "shirt", "shirts"), Garment("sneaker", "sneaker", "sneakers"),
            Garment("bag", "bag", "bags"), Garment("ankle boot", "ankle boot", "ankle boots"))
+
+
+# every type's answers, each equally likely (the what-type's answer is its target's class, drawn uniformly)
+ANSWERS: dict[str, tuple[str, ...]] = {"fashion_what": tuple(g.name for g in CLASSES), "fashion_where": POSITIONS,
+                                       "fashion_count": NUMBERS[:len(POSITIONS) + 1]}
+QUESTION_TYPES = tuple(ANSWERS)
 
 
 @dataclass(frozen=True)
@@ -177,27 +183,32 @@ def _pool(split: str) -> list[np.ndarray]:
 
 # --- layout, drawing, questions ---------------------------------------------------------------------------------
 
-def _labels(rng: np.random.Generator, kind: str, n: int) -> list[int]:
-    """n class labels, the question's target first; `where` keeps the target unique, `count` may repeat it."""
-    target = int(rng.integers(len(CLASSES)))
-    others = [c for c in range(len(CLASSES)) if c != target]
-    copies = int(rng.integers(1, n + 1)) if kind == "fashion_count" else 1
+def _labels(rng: np.random.Generator, kind: str, n: int, copies: int, target: int) -> list[int]:
+    """n class labels to place, the target's copies first: `what` places the target once and may repeat it, `where`
+    places it once and never again, `count` places exactly `copies` of it."""
     if kind == "fashion_what":
-        rest = [int(c) for c in rng.integers(len(CLASSES), size=n - 1)]
-    else:
-        rest = [others[int(i)] for i in rng.integers(len(others), size=n - copies)]
-    return [target] * copies + rest
+        return [target] + [int(c) for c in rng.integers(len(CLASSES), size=n - 1)]
+    others = [c for c in range(len(CLASSES)) if c != target]
+    return [target] * copies + [others[int(i)] for i in rng.integers(len(others), size=n - copies)]
 
 
-def _layout(rng: np.random.Generator, split: str, kind: str) -> tuple[tuple[Cell | None, ...], int]:
-    """Cells by POSITIONS and the target's position: the first label drawn lands in the first position chosen."""
-    n = int(rng.integers(2, 5)) if kind == "fashion_count" else int(rng.integers(1, 5))
-    positions = [int(p) for p in rng.permutation(len(POSITIONS))[:n]]
+def _layout(rng: np.random.Generator, split: str, kind: str, answer: str
+            ) -> tuple[tuple[Cell | None, ...], int, int]:
+    """Cells by POSITIONS, the target's position and class, built around the drawn answer: `where` puts the target
+    at the answer's position, `count` places the answer's number of copies (zero to four)."""
+    copies = NUMBERS.index(answer) if kind == "fashion_count" else 1
+    names = [g.name for g in CLASSES]
+    target = names.index(answer) if kind == "fashion_what" else int(rng.integers(len(CLASSES)))
+    n = int(rng.integers(max(copies, 1), len(POSITIONS) + 1))
+    order = [int(p) for p in rng.permutation(len(POSITIONS))]
+    if kind == "fashion_where":
+        order.remove(POSITIONS.index(answer))
+        order.insert(0, POSITIONS.index(answer))
     pools = _pool(split)
     cells: list[Cell | None] = [None] * len(POSITIONS)
-    for pos, label in zip(positions, _labels(rng, kind, n)):
+    for pos, label in zip(order, _labels(rng, kind, n, copies, target)):
         cells[pos] = Cell(label, int(pools[label][int(rng.integers(len(pools[label])))]))
-    return tuple(cells), positions[0]
+    return tuple(cells), order[0], target
 
 
 INK_REGION = 0.25  # item alpha from which a pixel counts as the item's in the region map
@@ -225,25 +236,30 @@ def _draw(rng: np.random.Generator, cells: tuple[Cell | None, ...], images: np.n
     return Image.fromarray(np.rint(canvas).astype(np.uint8)), regions
 
 
-def _ask(kind: str, cells: tuple[Cell | None, ...], target: int) -> tuple[str, str]:
+def _ask(kind: str, cells: tuple[Cell | None, ...], target: int, label: int | None = None) -> tuple[str, str]:
+    """The question about the item at `target` (for counts: about class `label`, default the target's)."""
+    if kind == "fashion_count":
+        label = cells[target].label if label is None else label
+        count = sum(c is not None and c.label == label for c in cells)
+        return f"How many {CLASSES[label].plural} are there?", NUMBERS[count]
     garment = CLASSES[cells[target].label]
     if kind == "fashion_what":
         return f"What item is in the {POSITIONS[target]}?", garment.name
-    if kind == "fashion_where":
-        return f"Where is the {garment.noun}?", POSITIONS[target]
-    count = sum(c is not None and c.label == cells[target].label for c in cells)
-    return f"How many {garment.plural} are there?", NUMBERS[count]
+    return f"Where is the {garment.noun}?", POSITIONS[target]
 
 
-def make_example(split: str, index: int, kind: str | None = None) -> MosaicExample:
-    """The mosaic example `index` of `split`; the same arguments always give the same example."""
+def make_example(split: str, index: int, kind: str | None = None, answer: str | None = None) -> MosaicExample:
+    """The mosaic example `index` of `split` whose answer is `answer` (default: drawn uniformly among the type's
+    answers, ANSWERS) laid out to match. The same arguments always give the same example."""
     if split not in SPLITS:
         raise InputError(f"split must be one of {list(SPLITS)}, got {split!r}")
     if kind is not None and kind not in QUESTION_TYPES:
         raise InputError(f"mosaic question type must be one of {list(QUESTION_TYPES)}, got {kind!r}")
     rng = np.random.default_rng([SPLITS[split] + SEED_STREAM, index])
     kind = kind or QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
-    cells, target = _layout(rng, split, kind)
+    drawn = ANSWERS[kind][int(rng.integers(len(ANSWERS[kind])))]
+    answer = check_answer(ANSWERS, kind, answer) or drawn
+    cells, target, label = _layout(rng, split, kind, answer)
     image, regions = _draw(rng, cells, _part(PART[split])[0])
-    question, answer = _ask(kind, cells, target)
+    question, answer = _ask(kind, cells, target, label)
     return MosaicExample(image, question, answer, kind, cells, regions)
