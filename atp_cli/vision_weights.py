@@ -47,11 +47,15 @@ def dinov2_state(path: Path | None = None) -> dict[str, np.ndarray]:
     return state
 
 
+DINOV2_CONFIG = {"model_type": "dinov2", "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
+                 "intermediate_size": 1536, "patch_size": 14, "image_size": 518, "layerscale_value": 1.0,
+                 "layer_norm_eps": 1e-6, "hidden_act": "gelu"}
+
+
 def dinov2_config():
     from transformers import Dinov2Config
 
-    return Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                        patch_size=14, image_size=518, layerscale_value=1.0, layer_norm_eps=1e-6)
+    return Dinov2Config(**{k: v for k, v in DINOV2_CONFIG.items() if k != "model_type"})
 
 
 # checkpoint names (what save_pretrained writes and atp convert reads) -> in-memory module names of transformers 5

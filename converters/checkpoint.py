@@ -177,26 +177,40 @@ def _check_dimensions(ckpt: LlavaCheckpoint) -> None:
 
 def iter_tensors(ckpt: LlavaCheckpoint, prefixes: tuple[str, ...] = ("",)) -> Iterator[tuple[str, np.ndarray]]:
     """(normalised name, float32 array) for the tensors whose normalised name starts with one of `prefixes`,
-    one shard and one tensor at a time (the others are never read)."""
-    import torch
+    one shard and one tensor at a time (the others are never read). safetensors are read with numpy; torch is
+    needed only for bfloat16 tensors (numpy has no such type) and for .bin shards."""
     from safetensors import SafetensorError
 
     for shard in ckpt.shards:
         try:
             if shard.suffix == ".safetensors":
-                from safetensors import safe_open
-
-                with safe_open(str(shard), framework="pt") as f:
-                    for name in f.keys():
-                        if normalise_name(name).startswith(prefixes):
-                            yield normalise_name(name), f.get_tensor(name).to(torch.float32).numpy()
+                yield from _safetensors_arrays(shard, prefixes)
             else:
+                import torch
+
                 state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
                 for name, tensor in state.items():
                     if normalise_name(name).startswith(prefixes):
                         yield normalise_name(name), tensor.to(torch.float32).numpy()
         except (OSError, RuntimeError, ValueError, SafetensorError) as e:
             raise ModelError(f"cannot read weights from {shard}: {e}") from e
+
+
+def _safetensors_arrays(shard: Path, prefixes: tuple[str, ...]) -> Iterator[tuple[str, np.ndarray]]:
+    from safetensors import safe_open
+
+    with safe_open(str(shard), framework="numpy") as f:
+        names = [n for n in f.keys() if normalise_name(n).startswith(prefixes)]
+        bf16 = [n for n in names if f.get_slice(n).get_dtype() == "BF16"]
+        for name in names:
+            if name not in bf16:
+                yield normalise_name(name), f.get_tensor(name).astype(np.float32)
+    if bf16:
+        import torch
+
+        with safe_open(str(shard), framework="pt") as f:
+            for name in bf16:
+                yield normalise_name(name), f.get_tensor(name).to(torch.float32).numpy()
 
 
 def tensor_index(ckpt: LlavaCheckpoint) -> dict[str, tuple[int, ...]]:

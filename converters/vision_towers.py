@@ -5,7 +5,8 @@ graph compute what transformers computes:
 - only the blocks up to `vision_feature_layer` are stored and run (`clip.vision.feature_layer`), and the
   post-layernorm is left out (LLaVA reads hidden_states[feature_layer], before any final norm);
 - DINOv2's layer scale (ignored by the llava graph) is folded into attn_out and ffn_down;
-- DINOv2's position grid is interpolated to the converted image size with transformers' own routine;
+- DINOv2's position grid is resized to the converted image size as transformers resizes it at run time
+  (bicubic, half-pixel centres; `bicubic_matrix`, tested against torch);
 - a CLS token is stored as `v.class_embd` with the CLS position row first (exact with atp's llama.cpp, whose
   patch 0005 puts CLS first; stock llama.cpp appends it last), or dropped with `keep_cls=False`.
 """
@@ -86,19 +87,50 @@ def block_tensors(state: dict[str, np.ndarray], lay: TowerLayout, i: int, d: int
     return out
 
 
-def dinov2_positions(vision: dict, table: np.ndarray, image_size: int) -> np.ndarray:
-    """DINOv2 position table (1 + G*G, D) resized to the converted grid by transformers' own routine."""
-    import torch
-    from transformers import Dinov2Config
-    from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
+CUBIC_A = -0.75  # the cubic convolution constant of PyTorch's (and OpenCV's) bicubic resampling
 
-    cfg = Dinov2Config(**{k: v for k, v in vision.items() if k in Dinov2Config().to_dict()})
-    emb = Dinov2Embeddings(cfg)
-    with torch.no_grad():
-        emb.position_embeddings.copy_(torch.from_numpy(table).reshape(emb.position_embeddings.shape))
-        dummy = torch.zeros(1, 1 + (image_size // cfg.patch_size) ** 2, cfg.hidden_size)
-        out = emb.interpolate_pos_encoding(dummy, image_size, image_size)
-    return out.detach().reshape(-1, cfg.hidden_size).numpy()
+
+def _cubic_weights(t: np.ndarray) -> np.ndarray:
+    """(n, 4) weights of the pixels at offsets -1, 0, 1, 2 for fractional positions t (Keys' kernel, a = -0.75)."""
+    a = CUBIC_A
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+
+
+def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of 1-D bicubic resampling with half-pixel centres (align_corners=False, no
+    antialiasing) and edge replication, as `torch.nn.functional.interpolate(mode="bicubic")` computes it."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    base = np.floor(src)
+    weights = _cubic_weights(src - base)
+    m = np.zeros((n_out, n_in), np.float64)
+    for k in range(4):
+        idx = np.clip(base.astype(int) - 1 + k, 0, n_in - 1)
+        np.add.at(m, (np.arange(n_out), idx), weights[:, k])
+    return m
+
+
+def dinov2_positions(vision: dict, table: np.ndarray, image_size: int) -> np.ndarray:
+    """DINOv2 position table (1 + G*G, D) resized to the converted grid, as transformers' Dinov2Embeddings does at
+    run time: the CLS row kept, the G x G patch rows resampled bicubically (in float32 there; float64 here)."""
+    d = vision["hidden_size"]
+    table = np.asarray(table, np.float32).reshape(-1, d)
+    grid = int(round((table.shape[0] - 1) ** 0.5))
+    if grid * grid != table.shape[0] - 1:
+        raise ModelError(f"DINOv2 position table has {table.shape[0]} rows; expected 1 + a square number")
+    new = image_size // vision["patch_size"]
+    if new == grid:
+        return table
+    m = bicubic_matrix(grid, new)
+    patches = table[1:].reshape(grid, grid, d).astype(np.float64)
+    resized = np.einsum("ai,ijd,bj->abd", m, patches, m).reshape(new * new, d)
+    return np.concatenate([table[:1], resized.astype(np.float32)])
 
 
 def embedding_tensors(state: dict[str, np.ndarray], vision: dict, lay: TowerLayout, image_size: int,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("transformers")
-pytest.importorskip("onnx")
+pytest.importorskip("onnx")  # the tower weights are read from an ONNX file
 
 from atp_cli.data.scenes import make_example  # noqa: E402
 from atp_cli.default_model import PROJECTOR, build_default_model  # noqa: E402

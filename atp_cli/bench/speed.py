@@ -9,6 +9,8 @@ of the machine hits all of them alike and the ratios compare side-by-side measur
 
 from __future__ import annotations
 
+import json
+
 import statistics
 import time
 from collections.abc import Callable
@@ -86,30 +88,56 @@ def random_model(workdir: Path, key: str, quant: str = "q4_k_m") -> Path:
     return out
 
 
+CLIP_L = {"model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+          "num_attention_heads": 16, "image_size": 336, "patch_size": 14, "hidden_act": "quick_gelu"}
+
+
+def random_clip_checkpoint(out: Path, n_embd: int, vision: dict = CLIP_L, seed: int = 0) -> Path:
+    """A llava-hf folder with a random CLIP tower (23 blocks run: LLaVA's feature layer -2) and a 2-layer MLP
+    projector to `n_embd`, written with numpy (speed depends on shapes, not values; no torch needed)."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    d, ff, n = vision["hidden_size"], vision["intermediate_size"], vision["num_hidden_layers"]
+    grid = vision["image_size"] // vision["patch_size"]
+    normal = lambda *shape: (0.02 * rng.standard_normal(shape, np.float32))  # noqa: E731
+    t = {"vision_tower.embeddings.patch_embedding.weight": normal(d, 3, vision["patch_size"], vision["patch_size"]),
+         "vision_tower.embeddings.class_embedding": normal(d),
+         "vision_tower.embeddings.position_embedding.weight": normal(grid * grid + 1, d),
+         "vision_tower.pre_layrnorm.weight": np.ones(d, np.float32), "vision_tower.pre_layrnorm.bias": np.zeros(d, np.float32),
+         "multi_modal_projector.linear_1.weight": normal(n_embd, d), "multi_modal_projector.linear_1.bias": normal(n_embd),
+         "multi_modal_projector.linear_2.weight": normal(n_embd, n_embd),
+         "multi_modal_projector.linear_2.bias": normal(n_embd)}
+    for i in range(n - 1):
+        p = f"vision_tower.encoder.layers.{i}."
+        for name, shape in (("self_attn.q_proj", (d, d)), ("self_attn.k_proj", (d, d)), ("self_attn.v_proj", (d, d)),
+                            ("self_attn.out_proj", (d, d)), ("mlp.fc1", (ff, d)), ("mlp.fc2", (d, ff))):
+            t[p + name + ".weight"], t[p + name + ".bias"] = normal(*shape), normal(shape[0])
+        for norm in ("layer_norm1", "layer_norm2"):
+            t[p + norm + ".weight"], t[p + norm + ".bias"] = np.ones(d, np.float32), np.zeros(d, np.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(out / "model.safetensors"))
+    text = {"model_type": "llama", "hidden_size": n_embd, "num_hidden_layers": 1, "num_attention_heads": 32,
+            "intermediate_size": 32, "vocab_size": 300}
+    config = {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"], "vision_config": vision,
+              "text_config": text, "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+              "projector_hidden_act": "gelu", "image_seq_length": grid * grid}
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.481, 0.458, 0.408], "image_std": [0.269, 0.261, 0.276],
+         "crop_size": {"height": vision["image_size"], "width": vision["image_size"]}}))
+    return out
+
+
 def random_clip_l_mmproj(workdir: Path, n_embd: int) -> Path:
     """A random CLIP ViT-L/14 at 336 px (LLaVA-1.5's tower) + 2-layer MLP projector to `n_embd`, as an f16 mmproj."""
     out = workdir / f"random-clip-l-336-to-{n_embd}.mmproj.gguf"
     if out.exists():
         return out
-    import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
     from converters.checkpoint import open_checkpoint
     from converters.mmproj import write_mmproj
 
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
-    text = LlamaConfig(vocab_size=300, hidden_size=n_embd, intermediate_size=32, num_hidden_layers=1,
-                       num_attention_heads=32, num_key_value_heads=32)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=299, image_seq_length=N_VISUAL,
-                         vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu")
-    torch.manual_seed(0)
-    ckpt_dir = workdir / f"clip-l-ckpt-{n_embd}"
-    LlavaForConditionalGeneration(config).save_pretrained(ckpt_dir)
-    (ckpt_dir / "preprocessor_config.json").write_text(
-        '{"image_mean": [0.481, 0.458, 0.408], "image_std": [0.269, 0.261, 0.276], '
-        '"crop_size": {"height": 336, "width": 336}}')
+    ckpt_dir = random_clip_checkpoint(workdir / f"clip-l-ckpt-{n_embd}", n_embd)
     tmp = out.with_name(out.name + ".part")
     write_mmproj(open_checkpoint(ckpt_dir), tmp, image_size=336, keep_cls=False)
     tmp.replace(out)
