@@ -101,3 +101,20 @@ def calibrate_pipeline(pipe, questions: Sequence[tuple], target: float, strides:
     pipe.use_strategy(AtpFreeStrategy(config, [0.5] * n, list(strides), pipe.n_visual))  # segment layout
     prompts = [pipe.prompt(image, question)[0] for image, question in questions]
     return config, calibrate(pipe.decoder, prompts, config, strides, target, on_step=on_step)
+
+
+def calibrate_hybrid(pipe, questions: Sequence[tuple], target: float, iterations: int = 8) -> tuple[int, float]:
+    """The number of rows the hybrid's pre-LLM selection keeps so that, with its ATP modules after it, the visual
+    tokens averaged over all layers meet `target` on (image, question) pairs; (rows kept, tokens reached).
+    Leaves the Pipeline on the hybrid at that count."""
+    def measure(keep: float) -> float:
+        pipe.set_strategy("hybrid", keep=max(1, round(keep)))
+        values = []
+        for image, question in questions:
+            prompt = pipe.prompt(image, question)[0]
+            values += average_tokens(pipe.decoder, [prompt], pipe.strategy)
+        return float(np.mean(values))
+
+    keep, value = bisect_level(measure, target, 1.0, float(pipe.n_visual), iterations)
+    pipe.set_strategy("hybrid", keep=max(1, round(keep)))
+    return max(1, round(keep)), value

@@ -158,7 +158,7 @@ class SegmentedDecoder(Closeable):
                 logits = ctx.logits()
             elif prune_here:
                 t0 = time.perf_counter()
-                mask = self._module(ctx, e, positions, visual, prompt.visual_origin(), keep)
+                mask = self._module(ctx, e, positions, visual, prompt.visual_origin(), keep, hidden)
                 positions, visual, hidden = positions[mask], visual[mask], hidden[mask]
                 stats.module_seconds.append(time.perf_counter() - t0)
                 stats.kept_raster.append(positions[visual] - prompt.visual_origin())
@@ -192,6 +192,7 @@ class SegmentedDecoder(Closeable):
         visual: np.ndarray,
         origin: int,
         keep: KeepFn,
+        hidden: np.ndarray,
     ) -> np.ndarray:
         """Call the keep function at `boundary`; return the mask of entries that go on."""
         attn = ctx.captured_attention()  # (rows = entries fed, in order; cols = KV cells)
@@ -211,6 +212,8 @@ class SegmentedDecoder(Closeable):
             attn_tv=attn[np.ix_(query_rows, vis_cells)],
             visual_origin=origin,
             n_layer=self.model.n_layer,
+            hidden_v=hidden[visual],
+            hidden_q=hidden[query_rows],
         )
         kept = check_keep(keep(view), vis_pos, boundary)
         return ~visual | np.isin(positions, kept)

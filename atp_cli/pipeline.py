@@ -34,12 +34,13 @@ from atp_cli.prompt_input import Prompt, Span
 from atp_cli.pruning.registry import make_strategy
 from atp_cli.pruning.schema import SchemaError
 from atp_cli.pruning.store import AtpWeights, read_atp
-from atp_cli.pruning.visionzip import VisionZipStyle
+from atp_cli.pruning.base import PreLlmSelection, is_pre_llm
 from atp_cli.runtime.context import ContextConfig
 from atp_cli.runtime.model import LlamaModel
 from atp_cli.runtime.owner import Closeable
 from atp_cli.runtime.vision import ImageEncoder
 from atp_cli.sampling import Sampler, SamplerConfig
+from atp_cli.token_embeddings import TokenEmbeddings
 
 log = logging.getLogger(__name__)
 ImageSource = str | Path | bytes | Image.Image
@@ -65,6 +66,10 @@ class Result:
     kv_bytes: int = 0
     visual_in: int = 0  # visual tokens entering the LLM
     strategy: str = ""
+    # log-probabilities of the first answer token (vocabulary-sized float32): what fidelity to the unpruned model
+    # is measured on without decoding (atp bench quality's KL and top-1 agreement)
+    first_logprobs: np.ndarray | None = field(default=None, repr=False)
+    extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """The statistics as JSON-ready values (what `atp chat --json` and `/stats` print)."""
@@ -78,7 +83,6 @@ class Result:
             "encode_seconds": round(self.encode_seconds, 3),
             "kv_bytes": int(self.kv_bytes),
         }
-    extra: dict = field(default_factory=dict)
 
 
 class Pipeline(Closeable):
@@ -91,6 +95,8 @@ class Pipeline(Closeable):
         self._closed = False
         self.last_result: Result | None = None  # statistics of the last image prefill (text and kv_bytes unset)
         self.embeddings = EmbeddingCache(config.embedding_cache_bytes)
+        self.model_path = Path(model_path)
+        self._token_embeddings: TokenEmbeddings | None = None
         self.model = LlamaModel(model_path)
         try:
             self.encoder = ImageEncoder(mmproj_path, self.model, config.context.n_threads)
@@ -171,15 +177,18 @@ class Pipeline(Closeable):
         self.strategy = strategy
         self._owner = None  # turns pruned by the previous strategy are not continued by this one
 
-    def prompt(self, image: ImageSource, question: str) -> tuple[Prompt, float]:
-        """The prompt for one image and question, and the seconds spent encoding the image."""
+    def prompt(self, image: ImageSource | None, question: str) -> tuple[Prompt, float]:
+        """The prompt for one image and question (no image: the question alone), and the seconds spent encoding."""
         check_question(question)
-        t0 = time.perf_counter()
-        rows = self.encode(load_image(image))
-        seconds = time.perf_counter() - t0
-        prompt = self.chat.image_prompt(rows, question)
-        if isinstance(self.strategy, VisionZipStyle):
-            prompt = _preselect(prompt, self.strategy)
+        if image is None:
+            prompt, seconds = self.chat.text_prompt(question), 0.0
+        else:
+            t0 = time.perf_counter()
+            rows = self.encode(load_image(image))
+            seconds = time.perf_counter() - t0
+            prompt = self.chat.image_prompt(rows, question)
+            if is_pre_llm(self.strategy):
+                prompt = _preselect(prompt, self.strategy, self.question_embeddings(question))
         n_ctx = self.decoder.contexts[0].n_ctx
         if len(prompt) + self.config.max_tokens > n_ctx:
             asked = self.config.context.n_ctx
@@ -187,6 +196,13 @@ class Pipeline(Closeable):
             raise InputError(f"prompt of {len(prompt)} tokens + {self.config.max_tokens} to generate does not fit "
                              f"the context of {n_ctx} tokens{note}")
         return prompt, seconds
+
+    def question_embeddings(self, question: str) -> np.ndarray:
+        """(m, d) input embeddings of the question's tokens, read from the model file (what instruction-conditioned
+        pre-LLM selection compares the visual rows with)."""
+        if self._token_embeddings is None:
+            self._token_embeddings = TokenEmbeddings(self.model_path)
+        return self._token_embeddings.rows(self.chat.tokenize(question, inside=True))
 
     def encode(self, image: Image.Image) -> np.ndarray:
         """The image's projected rows (read-only), from the embedding cache when this content was encoded before."""
@@ -196,14 +212,16 @@ class Pipeline(Closeable):
             rows = self.embeddings.put(key, self.encoder.encode(image))
         return rows
 
-    def prefill_image(self, image: ImageSource, question: str) -> np.ndarray:
-        """Start a conversation: encode, build the prompt, prefill with pruning; returns the next-token logits."""
+    def prefill_image(self, image: ImageSource | None, question: str) -> np.ndarray:
+        """Start a conversation: encode, build the prompt, prefill with pruning; returns the next-token logits.
+        Without an image the question alone is prefilled (what a model that does not look answers)."""
         prompt, encode_seconds = self.prompt(image, question)
         self.decoder.reset()
-        keep = self.strategy if self.decoder.boundaries else None
+        keep = self.strategy if self.decoder.boundaries and image is not None else None
         logits = self.decoder.prefill(prompt, keep)
         self.last_result = Result("", self.decoder.stats, encode_seconds=encode_seconds,
-                                  visual_in=int(prompt.visual_mask().sum()), strategy=self.strategy.name)
+                                  visual_in=int(prompt.visual_mask().sum()), strategy=self.strategy.name,
+                                  first_logprobs=log_softmax(logits))
         return logits
 
     def conversation(self):
@@ -212,8 +230,9 @@ class Pipeline(Closeable):
 
         return Conversation(self)
 
-    def stream(self, image: ImageSource, question: str, result: Result | None = None) -> Iterator[str]:
-        """Answer text as it is generated; `result` (if given) is filled with the statistics."""
+    def stream(self, image: ImageSource | None, question: str, result: Result | None = None) -> Iterator[str]:
+        """Answer text as it is generated; `result` (if given) is filled with the statistics. `image` None asks the
+        question without any image (the blind baseline of `atp bench quality`)."""
         with self.session(_ONE_SHOT):
             yield from self._stream(image, question, result)
 
@@ -238,8 +257,9 @@ class Pipeline(Closeable):
             result.kv_bytes = self.decoder.kv_used_bytes()
             result.visual_in = prefilled.visual_in
             result.strategy = prefilled.strategy
+            result.first_logprobs = prefilled.first_logprobs
 
-    def __call__(self, image: ImageSource, question: str) -> Result:
+    def __call__(self, image: ImageSource | None, question: str) -> Result:
         result = Result("", PrefillStats())
         for _ in self.stream(image, question, result):
             pass
@@ -267,6 +287,13 @@ class Pipeline(Closeable):
 _ONE_SHOT = object()  # the owner of the caches during a one-shot answer
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log p of each vocabulary entry, float32, computed in float64 so that tiny probabilities keep their value."""
+    z = np.asarray(logits, np.float64).reshape(-1)
+    z = z - z.max()
+    return (z - np.log(np.exp(z).sum())).astype(np.float32)
+
+
 def _read_weights(mmproj: str | Path, n_layer: int, n_visual: int) -> tuple[AtpWeights | None, SchemaError | None]:
     """The mmproj's ATP weights checked against this model, or the schema error that rules them out."""
     try:
@@ -281,13 +308,13 @@ def _read_weights(mmproj: str | Path, n_layer: int, n_visual: int) -> tuple[AtpW
 
 
 
-def _preselect(prompt: Prompt, strategy: VisionZipStyle) -> Prompt:
+def _preselect(prompt: Prompt, strategy: PreLlmSelection, query: np.ndarray) -> Prompt:
     """Replace the image span by the rows a pre-LLM strategy keeps, at their original positions."""
     spans, positions = [], []
     start = 0
     for span in prompt.spans:
         if span.is_visual:
-            rows, idx = strategy.select(span.embd)
+            rows, idx = strategy.select(span.embd, query)
             spans.append(Span.image(rows))
             positions.append(start + idx)
             origin = start

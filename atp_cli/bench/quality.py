@@ -20,7 +20,7 @@ from scipy.stats import bootstrap
 
 from atp_cli.bench.memory import PeakRss
 from atp_cli.bench.peer import StockLlava
-from atp_cli.calibration import calibrate_pipeline
+from atp_cli.calibration import calibrate_hybrid, calibrate_pipeline
 from atp_cli.data.scenes import exact_match, normalise
 from atp_cli.errors import InputError
 from atp_cli.pipeline import Pipeline
@@ -137,6 +137,11 @@ def strategy_params(pipe: Pipeline, plan: Plan, calibration: Sequence[dict]) -> 
     n_layer, n_visual = pipe.model.n_layer, pipe.n_visual
     if plan.strategy in FIXED_RULES:
         return params_for_budget(plan.strategy, plan.budget, n_layer, n_visual)
+    if plan.strategy == "hybrid":
+        if not calibration:
+            raise InputError("hybrid at a chosen budget needs calibration questions (--calibration)")
+        keep, _ = calibrate_hybrid(pipe, [(r["image_path"], r["question"]) for r in calibration], plan.budget)
+        return {"keep": keep}
     if plan.strategy == "atp-free":
         if not calibration:
             raise InputError("atp-free at a chosen budget needs calibration questions (--calibration)")

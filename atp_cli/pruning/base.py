@@ -25,6 +25,10 @@ class ModuleInput:
     attn_tv: np.ndarray  # (nq, nv) head-mean attention, query text -> visual keys
     visual_origin: int  # position of raster index 0: raster index = visual_pos - visual_origin
     n_layer: int
+    # hidden states entering the boundary layer (the residual stream), alive visual rows and query rows; for rules
+    # that compare tokens by content (DART), None where the caller has none
+    hidden_v: np.ndarray | None = None  # (nv, d)
+    hidden_q: np.ndarray | None = None  # (nq, d)
 
 
 KeepFn = Callable[[ModuleInput], np.ndarray]
@@ -43,6 +47,23 @@ def check_keep(kept: np.ndarray, alive: np.ndarray, boundary: int) -> np.ndarray
         raise InputError(f"keep set at layer {boundary} holds positions that are not alive visual tokens")
     return kept.astype(np.int32)
 
+
+
+class PreLlmSelection(Protocol):
+    """A strategy that chooses visual rows before the language model (VisionZip-style, CDPruner, the hybrid):
+    the Pipeline replaces the image span by what `select` returns, at the rows' original positions."""
+
+    name: str
+
+    def select(self, rows: np.ndarray, query: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(kept or merged rows (k, d), their raster indices ascending) from the (n, d) projected visual rows;
+        `query` (m, d): the language model's input embeddings of the question's tokens, for rules that condition
+        on the instruction."""
+        ...
+
+
+def is_pre_llm(strategy: object) -> bool:
+    return callable(getattr(strategy, "select", None))
 
 
 class Strategy(Protocol):

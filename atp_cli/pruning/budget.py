@@ -1,8 +1,9 @@
 """Parameters that make a fixed-rule strategy meet an average visual-token budget (the paper's metric).
 
 The budget counts visual tokens averaged over all decoder layers. For rules whose count does not depend on the
-image (FastV, uniform, random, PyramidDrop, VisionZip-style) the parameters follow in closed form or by a
-one-dimensional bisection; ATP's own counts adapt per image and are set by training (`atp train`) or by
+image (FastV, uniform, random, DART, PyramidDrop, VisionZip-style, CDPruner) the parameters follow in closed form or by a
+one-dimensional bisection; ATP's own counts (and the hybrid's, whose ATP modules follow its pre-LLM
+selection) adapt per image and are set by training (`atp train`) or by
 calibration (`atp calibrate`), not here.
 """
 
@@ -11,8 +12,8 @@ from __future__ import annotations
 from atp_cli.errors import InputError
 from atp_cli.pruning.baselines import PyramidDrop
 
-SINGLE_BOUNDARY = ("fastv", "uniform", "random")
-FIXED_RULES = (*SINGLE_BOUNDARY, "pdrop", "visionzip-style")
+SINGLE_BOUNDARY = ("fastv", "uniform", "random", "dart")
+FIXED_RULES = (*SINGLE_BOUNDARY, "pdrop", "visionzip-style", "cdpruner")
 DEFAULT_K = 2
 
 
@@ -52,5 +53,7 @@ def params_for_budget(name: str, budget: float, n_layer: int, n_visual: int, k: 
         return {"k": k, "ratio": min(ratio, 1.0)}
     if name == "pdrop":
         return _pyramid_params(frac, n_layer, k)
+    if name == "cdpruner":  # every layer sees the kept rows
+        return {"keep": max(1, round(budget))}
     dominant = max(1, round(budget * 54 / 64))  # VisionZip's 54 dominant : 10 contextual split
     return {"dominant": dominant, "context": max(0, round(budget) - dominant)}

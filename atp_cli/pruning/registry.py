@@ -7,11 +7,15 @@ from typing import Any
 from atp_cli.errors import InputError
 from atp_cli.pruning.atp import AtpFreeStrategy, AtpStrategy
 from atp_cli.pruning.baselines import FastV, NoPruning, PyramidDrop, RandomKeep, UniformGrid
+from atp_cli.pruning.cdpruner import CDPruner
+from atp_cli.pruning.dart import Dart
+from atp_cli.pruning.hybrid import Hybrid
 from atp_cli.pruning.config import AtpConfig, default_boundaries
 from atp_cli.pruning.store import AtpWeights
 from atp_cli.pruning.visionzip import VisionZipStyle
 
-NAMES = ("atp", "atp-free", "fastv", "pdrop", "visionzip-style", "uniform", "random", "none")
+NAMES = ("atp", "atp-free", "hybrid", "cdpruner", "dart", "fastv", "pdrop", "visionzip-style", "uniform", "random",
+         "none")
 DEFAULT_FREE_MASS = 0.6
 DEFAULT_FREE_STRIDES = (4, 6, 8)
 
@@ -21,6 +25,9 @@ DOCS = {
     "fastv": "after layer k (2), keep ratio R (0.25) of visual tokens by the last prompt token's attention",
     "pdrop": "at 1/4, 2/4, 3/4 depth keep ratio (0.5) of the alive tokens by the last instruction token",
     "visionzip-style": "before the LLM: n_dominant (54) + n_context (10) merged tokens",
+    "cdpruner": "before the LLM: keep (64 of 576) tokens by the question-conditioned DPP (relevance x diversity)",
+    "dart": "after layer k (2), keep ratio (0.25): tokens least similar to 4 visual + 4 question pivots",
+    "hybrid": "cdpruner keeps (half of the) tokens before the LLM, then the atp modules (atp-free without weights)",
     "uniform": "after layer k (2), keep ratio (0.25) evenly spaced in raster order",
     "random": "after layer k (2), keep a seeded random ratio (0.25)",
     "none": "no pruning",
@@ -35,6 +42,14 @@ def make_strategy(name: str, n_layer: int, n_visual: int, weights: AtpWeights | 
         if weights is None or not weights.mlps:
             raise InputError("strategy 'atp' needs trained ATP weights in the mmproj (atp convert --atp)")
         return AtpStrategy(weights.config, list(weights.mlps), n_visual)
+    if name == "hybrid":
+        inner_name = "atp" if weights is not None and weights.mlps else "atp-free"
+        inner = make_strategy(inner_name, n_layer, n_visual, weights, **params)
+        return Hybrid(CDPruner(int(params.get("keep", max(1, n_visual // 2))), _theta(params)), inner)
+    if name == "cdpruner":
+        return CDPruner(int(params.get("keep", max(1, round(n_visual * 64 / 576)))), _theta(params))
+    if name == "dart":
+        return Dart(k=k, keep_ratio=ratio)
     if name == "atp-free":
         if weights is not None and weights.free_mass and "mass" not in params:
             return AtpFreeStrategy(weights.config, list(weights.free_mass), list(weights.free_stride), n_visual)
@@ -56,3 +71,7 @@ def make_strategy(name: str, n_layer: int, n_visual: int, weights: AtpWeights | 
     if name == "none":
         return NoPruning()
     raise InputError(f"unknown strategy {name!r}; choose one of {', '.join(NAMES)}")
+
+
+def _theta(params: dict[str, Any]) -> float | None:
+    return None if params.get("theta") is None else float(params["theta"])

@@ -31,8 +31,9 @@ class VisionZipStyle:
     def __call__(self, view):  # no in-LLM module
         return view.visual_pos
 
-    def select(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(reduced rows (k, d), their raster indices ascending) from (n, d) projected visual rows."""
+    def select(self, rows: np.ndarray, query: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(reduced rows (k, d), their raster indices ascending) from (n, d) projected visual rows (the question
+        is not used: VisionZip's selection does not depend on it)."""
         n = rows.shape[0]
         if self.n_dominant < 1 or self.n_context < 0 or self.n_dominant + self.n_context > n:
             raise InputError(f"visionzip-style needs 1 <= dominant and dominant + context <= {n}, "
