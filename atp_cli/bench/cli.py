@@ -9,7 +9,7 @@ import click
 from atp_cli.cli_types import THREADS, FiniteRange, PathType
 from atp_cli.paths import cache_dir
 
-DEFAULT_STRATEGIES = "none,atp,atp-free,fastv,pdrop,visionzip-style,uniform,random"
+DEFAULT_STRATEGIES = "none,atp,atp-free,hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,uniform,random"
 
 
 def _floats(text: str) -> list[float]:
@@ -56,54 +56,68 @@ def bench() -> None:
 @click.option("--strategies", default=DEFAULT_STRATEGIES, show_default=True)
 @click.option("--budgets", default="144", show_default=True, help="Average visual tokens over all layers.")
 @click.option("--calibration", type=PathType(path_type=Path),
-              help="JSONL whose first 6 questions calibrate atp-free to each budget (not the test data).")
+              help="JSONL whose first 6 questions calibrate atp-free and the hybrid to each budget (not the test data).")
 @click.option("--peer/--no-peer", default=True, show_default=True, help="Also run stock llama-cpp-python.")
 @click.option("--blind/--no-blind", default=True, show_default=True, help="Also ask every question without the image.")
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=8, show_default=True)
 @click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
 @click.option("--out", type=PathType(path_type=Path), default=Path("bench-out"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out (same questions, model and rows).")
+@click.option("--chunk", type=click.IntRange(1), default=32, show_default=True,
+              help="Questions every row answers before the next ones (each image is encoded once per chunk).")
 def quality(model_dir: Path | None, data: Path | None, split: str, source: str, count: int, strategies: str,
             budgets: str, calibration: Path | None, peer: bool, blind: bool, max_tokens: int, threads: int,
-            out: Path) -> None:
-    """Accuracy, agreement and cost of strategies x budgets on a question split."""
+            out: Path, resume: bool, chunk: int) -> None:
+    """Accuracy, fidelity (agreement, KL, top-1) and cost of strategies x budgets on a question split.
+
+    Every (row, question) is written to OUT/records.jsonl as it completes: a stopped run continues with --resume."""
     from tqdm import tqdm
 
     from atp_cli.bench import report
     from atp_cli.bench.peer import StockLlava
-    from atp_cli.bench.quality import run_quality
+    from atp_cli.bench.quality import check_plans, run_quality
+    from atp_cli.bench.records import RunStore, questions_digest
     from atp_cli.evaluation import load_split
+    from atp_cli.model_files import find_pair
     from atp_cli.pipeline import Pipeline, PipelineConfig
     from atp_cli.runtime.context import ContextConfig
-    from atp_cli.model_files import find_pair
 
-    if count < 1:
-        raise click.BadParameter("-n must be at least 1")
     if model_dir is None:
         from atp_cli.default_model import DEFAULT_DIR, build_default_model
 
         model_dir = build_default_model(DEFAULT_DIR)
     plans = _plans([s.strip() for s in strategies.split(",") if s.strip()], _floats(budgets))
-    rows = _split_rows(data, split, count, source, out)
-    cal_rows = load_split(calibration, 6) if calibration else []
-    config = PipelineConfig(context=ContextConfig(n_ctx=1024, n_threads=threads), max_tokens=max_tokens)
     model_path, mmproj_path = find_pair(Path(model_dir))
+    rows = _split_rows(data, split, count, source, out)
+    if not rows:
+        raise click.BadParameter(f"{data or split} holds no questions")
+    cal_rows = load_split(calibration, 6) if calibration else []
+    check_plans(plans, model_path, mmproj_path, bool(cal_rows))  # before any model work
+    header = {"questions": questions_digest(rows), "model": str(Path(model_dir).resolve()),
+              "plans": [[p.strategy, p.budget] for p in plans], "peer": peer, "blind": blind,
+              "max_tokens": max_tokens, "machine": report.machine(), "commit": report.commit()}
+    store = RunStore.open(out / "run", header, resume)
+    config = PipelineConfig(context=ContextConfig(n_ctx=1024, n_threads=threads), max_tokens=max_tokens)
     with Pipeline(model_path, mmproj_path, "none", config) as pipe:
         stock = StockLlava(model_path, mmproj_path, 1024, threads, max_tokens) if peer else None
-        total = len(rows) * (len(plans) + all(p.strategy != "none" for p in plans) + bool(stock) + blind)
-        with tqdm(total=total, desc="atp bench", unit="q") as bar:
-            results = run_quality(pipe, rows, plans, stock, cal_rows, tick=bar.update, blind=blind)
+        n_rows = len(plans) + all(p.strategy != "none" for p in plans) + bool(stock) + blind
+        with tqdm(total=len(rows) * n_rows, initial=len(store.done), desc="atp bench", unit="q") as bar:
+            results = run_quality(pipe, rows, plans, stock, cal_rows, tick=bar.update, blind=blind, store=store,
+                                  chunk=chunk)
         if stock is not None:
             stock.close()
     dicts = [r.as_dict() for r in results]
     title = f"{model_dir.name}: {len(rows)} " + (f"questions of {data}" if data else f"{split} questions ({source})")
     payload = {"machine": report.machine(), "commit": report.commit(), "model": str(model_dir), "title": title,
-               "rows": dicts}
+               "chance": report.chance_by_kind(dicts), "rows": dicts}
     report.write_json(out / "quality.json", payload)
     table = report.quality_table(dicts)
-    report.write_atomic(out / "quality.md", f"{title}\n\n{table}\n")
+    fidelity = report.fidelity_table(dicts)
+    kinds = report.kind_table(dicts)
+    report.write_atomic(out / "quality.md", f"{title}\n\n{table}\n\n{fidelity}\n\n{kinds}\n")
     plots = report.quality_plots(dicts, out, title)
-    click.echo(f"\n{title}, {report.machine()}\n\n{table}\n\nwrote {out / 'quality.json'}, {out / 'quality.md'}, "
-               + ", ".join(str(p) for p in plots))
+    click.echo(f"\n{title}, {report.machine()}\n\n{table}\n\n{fidelity}\n\n{kinds}\n\nwrote {out / 'quality.json'}, "
+               f"{out / 'quality.md'}, " + ", ".join(str(p) for p in plots))
 
 
 @bench.command()

@@ -11,7 +11,7 @@ import psutil
 
 from atp_cli import cpu
 from atp_cli.files import atomic_path
-from atp_cli.bench.quality import PEER
+from atp_cli.bench.quality import PEER, UNPRUNED
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,6 +69,65 @@ def quality_table(rows: list[dict], peer: str = PEER) -> str:
     return "\n".join(lines)
 
 
+def _pct_ci(value: float | None, ci) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" + (f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})" if ci else "")
+
+
+def _num_ci(value: float | None, ci, spec: str = ".3f") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) + (f" ({format(ci[0], spec)}-{format(ci[1], spec)})" if ci else "")
+
+
+def _versus(row: dict, metric: str, scale: float, spec: str) -> str:
+    v = row.get("versus", {}).get(metric)
+    if not v:
+        return "-"
+    d, ci = v
+    mark = "" if ci is None or ci[0] <= 0 <= ci[1] else " *"
+    body = format(scale * d, spec) + (f" ({format(scale * ci[0], spec)}..{format(scale * ci[1], spec)})" if ci else "")
+    return body + mark
+
+
+def fidelity_table(rows: list[dict]) -> str:
+    """Fidelity to the unpruned model with 95 % paired bootstrap intervals, and each row's difference from the atp
+    row nearest in tokens (row minus atp; * where the interval excludes 0)."""
+    lines = ["| strategy | budget | avg visual tokens | accuracy % | agreement % | KL first token (nats) | top-1 % "
+             "| vs | accuracy diff (points) | agreement diff (points) | KL diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['strategy']} | {_f(r['budget'], '.0f')} | {r['tokens_avg']:.0f} "
+            f"| {_pct_ci(r['accuracy'], r.get('accuracy_ci'))} "
+            f"| {_pct_ci(r['agreement'], r.get('agreement_ci')) if r['strategy'] != UNPRUNED else '100'} "
+            f"| {_num_ci(r.get('kl'), r.get('kl_ci'))} | {_pct_ci(r.get('top1'), r.get('top1_ci'))} "
+            f"| {r.get('versus', {}).get('row', '-')} | {_versus(r, 'correct', 100, '.1f')} "
+            f"| {_versus(r, 'agree', 100, '.1f')} | {_versus(r, 'kl', 1, '.3f')} |")
+    return "\n".join(lines)
+
+
+def chance_by_kind(rows: list[dict]) -> dict[str, float]:
+    """Accuracy of a uniform guess per question type, for the generated types (atp_cli.data.mix.ANSWERS)."""
+    from atp_cli.data.mix import ANSWERS
+
+    kinds = {k for r in rows for k in r["by_kind"]}
+    return {k: 1.0 / len(ANSWERS[k]) for k in sorted(kinds) if k in ANSWERS}
+
+
+def kind_table(rows: list[dict]) -> str:
+    """Per question type: chance, blind, the unpruned model and every other row (right / asked)."""
+    chance = chance_by_kind(rows)
+    kinds = sorted({k for r in rows for k in r["by_kind"]})
+    lines = ["| type | chance | " + " | ".join(f"{r['strategy']}{'' if r['budget'] is None else '@%g' % r['budget']}"
+                                              for r in rows) + " |", "|---|---|" + "---|" * len(rows)]
+    for k in kinds:
+        cells = " | ".join("{}/{}".format(*r["by_kind"][k]) if k in r["by_kind"] else "-" for r in rows)
+        lines.append(f"| {k} | {_f(100 * chance[k] if k in chance else None, '.0f')} % | {cells} |")
+    return "\n".join(lines)
+
+
 def speed_table(res: dict) -> str:
     lines = [
         f"#### {res['label']}, Q4_K_M, random weights (speed only), {res['threads'] or 'all'} threads, "
@@ -89,7 +148,8 @@ def speed_table(res: dict) -> str:
 
 
 def quality_plots(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """accuracy vs average visual tokens, and time to first token vs average visual tokens."""
+    """Accuracy, KL against the unpruned model and time to first token, each against average visual tokens (a line
+    per strategy; rows without the figure, e.g. the stock peer's KL, are left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,11 +157,12 @@ def quality_plots(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
 
     paths = []
     for key, label, name in (("accuracy", "exact-match accuracy", "accuracy_vs_tokens.png"),
+                             ("kl", "KL of the first answer token vs unpruned (nats)", "kl_vs_tokens.png"),
                              ("ttft_s", "time to first token (s)", "ttft_vs_tokens.png")):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
         for strategy in dict.fromkeys(r["strategy"] for r in rows):
             pts = sorted((r["tokens_avg"], r[key]) for r in rows if r["strategy"] == strategy
-                         and r[key] is not None and (key != "ttft_s" or r[key] > 0))  # the blind row has no TTFT
+                         and r.get(key) is not None and (key != "ttft_s" or r[key] > 0))  # the blind row has no TTFT
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=strategy)
         ax.set_xlabel("visual tokens averaged over all layers")
