@@ -66,8 +66,11 @@ def test_pdrop_paper_stages_used_when_they_can_meet_the_budget():
 
 
 def test_budget_rules_reject_impossible_budgets():
-    with pytest.raises(InputError, match="first 2"):
+    with pytest.raises(InputError, match="first unpruned layer"):
         params_for_budget("fastv", 10, 32, 576)
+    assert params_for_budget("fastv", 144, 30, 576)["k"] == 2  # the paper's layer where it can meet the budget
+    low = params_for_budget("fastv", 32, 30, 576)  # two unpruned layers alone average 38.4: one earlier
+    assert low["k"] == 1 and abs((576 + 29 * low["ratio"] * 576) / 30 - 32) < 1e-6
     with pytest.raises(InputError, match="budget must be"):
         params_for_budget("uniform", 0, 32, 576)
     with pytest.raises(InputError, match="closed-form"):

@@ -62,7 +62,7 @@ def test_rows_carry_fidelity_and_the_blind_row_its_distance(folder, split):  # n
 def test_a_stopped_run_resumes_to_the_same_rows(folder, split, tmp_path):  # noqa: F811
     model, mmproj = find_pair(folder)
     plans = [Plan("none"), Plan("uniform", 24.0), Plan("random", 24.0)]
-    header = {"questions": "q", "model": "m", "plans": [[p.strategy, p.budget] for p in plans]}
+    header = {"questions": ["q"], "model": "m", "plans": [[p.strategy, p.budget] for p in plans]}
     with Pipeline(model, mmproj, "none", CFG) as pipe:
         full = run_quality(pipe, split, plans, store=RunStore.open(tmp_path / "a", header, False), chunk=2)
         lines = (tmp_path / "a" / RECORDS).read_text().splitlines()
@@ -77,6 +77,10 @@ def test_a_stopped_run_resumes_to_the_same_rows(folder, split, tmp_path):  # noq
     for a, b in zip(full, resumed):
         assert (a.answers, a.correct, a.tokens_avg) == (b.answers, b.correct, b.tokens_avg)
         assert a.kl == pytest.approx(b.kl) and a.agreement == b.agreement
+    with pytest.raises(InputError, match="other questions"):
+        RunStore.open(tmp_path / "a", {**header, "questions": ["x", "y"]}, True)
+    longer = RunStore.open(tmp_path / "a", {**header, "questions": ["q", "more"]}, True)  # adds questions after
+    assert len(longer.done) == 3 * len(split) and longer.header["questions"] == ["q", "more"]
     with pytest.raises(InputError, match="other plans"):
         RunStore.open(tmp_path / "a", {**header, "plans": [["none", None]]}, True)
     with pytest.raises(InputError, match="--resume"):
@@ -93,7 +97,8 @@ def _data(tmp_path, split) -> str:  # noqa: F811
 
 @pytest.mark.parametrize("strategies,budgets,match", [
     ("none,fastv", "100", "outside 1..64"), ("none,uniform", "0.5", "outside 1..64"),
-    ("none,fastv", "5", "first 2"), ("none,hybrid", "24", "calibration")])
+    ("none,fastv", "5", "first unpruned layer"), ("none,hybrid", "24", "calibration"),
+    ("none,atp-free", "10", "first module")])
 def test_impossible_budgets_are_refused_before_model_work(folder, split, tmp_path, strategies, budgets,  # noqa: F811
                                                           match, monkeypatch):
     import atp_cli.pipeline

@@ -110,7 +110,7 @@ def test_budgets_of_the_new_rules():
     dart = params_for_budget("dart", 144, 30, 576)
     assert dart["k"] == 2 and abs((2 * 576 + 28 * dart["ratio"] * 576) / 30 - 144) < 1e-6
     with pytest.raises(InputError):
-        params_for_budget("dart", 20, 30, 576)  # below what the two unpruned layers cost
+        params_for_budget("dart", 15, 30, 576)  # below what even one unpruned layer costs (19.2)
     with pytest.raises(InputError):
         params_for_budget("cdpruner", 600, 30, 576)
 

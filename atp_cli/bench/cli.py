@@ -76,7 +76,7 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
     from atp_cli.bench import report
     from atp_cli.bench.peer import StockLlava
     from atp_cli.bench.quality import check_plans, run_quality
-    from atp_cli.bench.records import RunStore, questions_digest
+    from atp_cli.bench.records import RunStore, files_digest, questions_digest
     from atp_cli.evaluation import load_split
     from atp_cli.model_files import find_pair
     from atp_cli.pipeline import Pipeline, PipelineConfig
@@ -93,7 +93,7 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
         raise click.BadParameter(f"{data or split} holds no questions")
     cal_rows = load_split(calibration, 6) if calibration else []
     check_plans(plans, model_path, mmproj_path, bool(cal_rows))  # before any model work
-    header = {"questions": questions_digest(rows), "model": str(Path(model_dir).resolve()),
+    header = {"questions": questions_digest(rows), "model": files_digest(model_path, mmproj_path),
               "plans": [[p.strategy, p.budget] for p in plans], "peer": peer, "blind": blind,
               "max_tokens": max_tokens, "machine": report.machine(), "commit": report.commit()}
     store = RunStore.open(out / "run", header, resume)

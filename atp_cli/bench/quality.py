@@ -304,5 +304,23 @@ def check_plans(plans: Sequence[Plan], model_path, mmproj_path, have_calibration
                              "visual tokens)")
         if plan.strategy in FIXED_RULES:
             params_for_budget(plan.strategy, plan.budget, n_layer, n_visual)  # raises when the rule cannot meet it
-        elif plan.strategy in ("atp-free", "hybrid") and not have_calibration:
+        if plan.strategy == "atp-free":
+            first = _atp_boundaries(mmproj_path, n_layer, n_visual)[0]
+            floor = first * n_visual / n_layer  # every token is alive before the first module
+            if plan.budget < floor:
+                raise InputError(f"atp-free cannot meet a budget of {plan.budget:g}: its first module is at layer "
+                                 f"{first}, and the layers before it alone average {floor:.1f} visual tokens")
+        if plan.strategy in ("atp-free", "hybrid") and not have_calibration:
             raise InputError(f"{plan.strategy} at a chosen budget needs calibration questions (--calibration)")
+
+
+def _atp_boundaries(mmproj_path, n_layer: int, n_visual: int) -> list[int]:
+    """The ATP modules' boundaries of this mmproj (its atp.* data, else the default layout)."""
+    from atp_cli.pruning.config import default_boundaries
+    from atp_cli.pruning.store import read_atp
+
+    try:
+        weights = read_atp(mmproj_path)
+    except InputError:
+        weights = None
+    return list(weights.config.boundaries) if weights is not None else default_boundaries(n_layer)

@@ -2,8 +2,9 @@
 loses nothing, `--resume` continues it, and runs in chunks over several sessions combine exactly (every figure is
 computed from the per-question records alone).
 
-`run.json` holds what the records are of - the questions (their digest), the model and each row's strategy,
-budget and parameters - and a resumed run must match it; `records.jsonl` is only ever appended to.
+`run.json` holds what the records are of - a digest per question, the model files' digest and each row's strategy
+and budget - and a resumed run must match it (it may add questions after the ones it has: `-n 120` resumed with
+`-n 600` runs the other 480); `records.jsonl` is only ever appended to.
 """
 
 from __future__ import annotations
@@ -20,10 +21,21 @@ HEADER = "run.json"
 RECORDS = "records.jsonl"
 
 
-def questions_digest(rows: list[dict]) -> str:
+def questions_digest(rows: list[dict]) -> list[str]:
+    """A short digest per question (image, question, answer, type): a run may be resumed with more questions as
+    long as the ones it has are the first of them."""
+    return [hashlib.sha256(json.dumps([str(r["image_path"]), r["question"], r["answer"], r.get("kind")]).encode())
+            .hexdigest()[:16] for r in rows]
+
+
+def files_digest(*paths: Path) -> str:
+    """Names, sizes and first MiB of the model files: a run is never resumed on other weights."""
     h = hashlib.sha256()
-    for r in rows:
-        h.update(json.dumps([str(r["image_path"]), r["question"], r["answer"], r.get("kind")]).encode())
+    for p in paths:
+        p = Path(p)
+        h.update(f"{p.name}:{p.stat().st_size}".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
     return h.hexdigest()
 
 
@@ -50,10 +62,18 @@ class RunStore:
         if not head.is_file():
             raise InputError(f"nothing to resume in {folder}: no {HEADER}")
         stored = json.loads(head.read_text())
-        for key in ("questions", "model", "plans"):
+        for key in ("model", "plans"):
             if json.dumps(stored.get(key), default=str) != json.dumps(header.get(key), default=str):
                 raise InputError(f"the run in {folder} is of other {key}; resume it with the same options, "
                                  "or choose another --out")
+        had, asked = list(stored.get("questions") or []), list(header.get("questions") or [])
+        if asked[: len(had)] != had:
+            raise InputError(f"the run in {folder} is of other questions (a resumed run may only add questions "
+                             "after the ones it has)")
+        if len(asked) > len(had):  # more questions than before: the header says so from now on
+            stored["questions"] = asked
+            with atomic_path(head) as tmp:
+                tmp.write_text(json.dumps(stored, indent=2, default=str))
         store = cls(folder, stored)
         if recs.is_file():
             for line in recs.read_text().splitlines():

@@ -2,7 +2,9 @@
 
 The budget counts visual tokens averaged over all decoder layers. For rules whose count does not depend on the
 image (FastV, uniform, random, DART, PyramidDrop, VisionZip-style, CDPruner) the parameters follow in closed form or by a
-one-dimensional bisection; ATP's own counts (and the hybrid's, whose ATP modules follow its pre-LLM
+one-dimensional bisection. Rules that prune after layer k (2 by default, the papers' choice) move to an earlier
+layer only when the budget is below what k unpruned layers cost (32 of 576 tokens over 30 layers: k = 1). ATP's
+own counts (and the hybrid's, whose ATP modules follow its pre-LLM
 selection) adapt per image and are set by training (`atp train`) or by
 calibration (`atp calibrate`), not here.
 """
@@ -47,12 +49,19 @@ def params_for_budget(name: str, budget: float, n_layer: int, n_visual: int, k: 
         raise InputError(f"budget must be in (0, {n_visual}] visual tokens, got {budget}")
     frac = budget / n_visual
     if name in SINGLE_BOUNDARY:
-        ratio = (frac * n_layer - k) / (n_layer - k)
-        if ratio <= 0:
-            raise InputError(f"{name}: a budget of {budget:.0f} is below what the first {k} unpruned layers cost")
-        return {"k": k, "ratio": min(ratio, 1.0)}
+        for layer in range(k, 0, -1):  # the paper's layer; an earlier one only where the budget is below its cost
+            ratio = (frac * n_layer - layer) / (n_layer - layer)
+            if ratio > 0:
+                return {"k": layer, "ratio": min(ratio, 1.0)}
+        raise InputError(f"{name}: a budget of {budget:.0f} is below what the first unpruned layer costs")
     if name == "pdrop":
-        return _pyramid_params(frac, n_layer, k)
+        for layer in range(k, 0, -1):
+            try:
+                return _pyramid_params(frac, n_layer, layer)
+            except InputError:
+                if layer == 1:
+                    raise
+        raise AssertionError("unreachable")
     if name == "cdpruner":  # every layer sees the kept rows
         return {"keep": max(1, round(budget))}
     dominant = max(1, round(budget * 54 / 64))  # VisionZip's 54 dominant : 10 contextual split
