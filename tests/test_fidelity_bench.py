@@ -98,7 +98,7 @@ def _data(tmp_path, split) -> str:  # noqa: F811
 @pytest.mark.parametrize("strategies,budgets,match", [
     ("none,fastv", "100", "outside 1..64"), ("none,uniform", "0.5", "outside 1..64"),
     ("none,fastv", "5", "first unpruned layer"), ("none,hybrid", "24", "calibration"),
-    ("none,atp-free", "10", "first module")])
+    ("none,atp-free", "5", "first module")])
 def test_impossible_budgets_are_refused_before_model_work(folder, split, tmp_path, strategies, budgets,  # noqa: F811
                                                           match, monkeypatch):
     import atp_cli.pipeline
