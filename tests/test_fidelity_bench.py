@@ -124,7 +124,7 @@ def test_cli_resumes_and_refuses_to_overwrite(folder, split, tmp_path):  # noqa:
     assert {r["strategy"] for r in payload["rows"]} == {"none", "dart", "cdpruner", BLIND}
     assert all("kl" in r and "agreement_ci" in r for r in payload["rows"])
     md = (tmp_path / "o" / "quality.md").read_text()
-    assert "KL first token" in md and "| type | chance |" in md
+    assert "KL first token" in md and "| type | chance |" in md and "| dart | 24 | 1 |" in md  # dart's one module
     assert (tmp_path / "o" / "kl_vs_tokens.png").is_file()
 
 

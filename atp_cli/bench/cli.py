@@ -113,7 +113,7 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
     report.write_json(out / "quality.json", payload)
     table = report.quality_table(dicts)
     fidelity = report.fidelity_table(dicts)
-    kinds = report.kind_table(dicts)
+    kinds = report.kind_table(dicts) + "\n\n" + report.adaptivity_table(dicts)
     report.write_atomic(out / "quality.md", f"{title}\n\n{table}\n\n{fidelity}\n\n{kinds}\n")
     plots = report.quality_plots(dicts, out, title)
     click.echo(f"\n{title}, {report.machine()}\n\n{table}\n\n{fidelity}\n\n{kinds}\n\nwrote {out / 'quality.json'}, "

@@ -76,6 +76,7 @@ class Row:
     tokens_avg: float = 0.0  # visual tokens averaged over all decoder layers
     visual_in: float = 0.0  # visual tokens entering the language model
     kept_per_module: list[list[int]] = field(default_factory=list)  # per question, the visual tokens each module kept
+    kinds: list[str] = field(default_factory=list)  # per question, its type
     encode_s: float | None = None
     prefill_s: float | None = None
     ttft_s: float = 0.0
@@ -125,7 +126,7 @@ def summarise(strategy: str, budget: float | None, params: dict, records: list[d
         kinds[r["kind"]][0] += ok
         kinds[r["kind"]][1] += 1
     row.by_kind = dict(sorted(kinds.items()))
-    row.answers, row.correct = [r["answer"] for r in records], correct
+    row.answers, row.correct, row.kinds = [r["answer"] for r in records], correct, [r["kind"] for r in records]
     row.kept_per_module = [list(r.get("kept", [])) for r in records]
     for key in ("tokens_avg", "visual_in"):
         setattr(row, key, statistics.fmean(r.get(key, 0.0) for r in records))

@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from atp_cli import cpu
@@ -125,6 +126,29 @@ def kind_table(rows: list[dict]) -> str:
     for k in kinds:
         cells = " | ".join("{}/{}".format(*r["by_kind"][k]) if k in r["by_kind"] else "-" for r in rows)
         lines.append(f"| {k} | {_f(100 * chance[k] if k in chance else None, '.0f')} % | {cells} |")
+    return "\n".join(lines)
+
+
+def adaptivity_table(rows: list[dict], kinds_of: list[str] | None = None) -> str:
+    """Per row with in-LLM modules: the visual tokens each module kept over the questions (mean, 5th-95th
+    percentile, min-max), and the mean per question type - a fixed rule keeps the same count everywhere, an
+    adaptive one does not."""
+    lines = ["| strategy | budget | module | mean kept | p5-p95 | min-max | mean by type |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        kept = [k for k in r.get("kept_per_module", []) if k]
+        if not kept or len({len(k) for k in kept}) != 1:
+            continue
+        arr = np.asarray(kept, float)  # (questions, modules)
+        types = r.get("kinds") or []
+        for m in range(arr.shape[1]):
+            col = arr[:, m]
+            by_type = ""
+            if types and len(types) == len(col):
+                means = {t: col[[i for i, k in enumerate(types) if k == t]].mean() for t in sorted(set(types))}
+                by_type = ", ".join(f"{t} {v:.0f}" for t, v in means.items())
+            lines.append(f"| {r['strategy']} | {_f(r['budget'], '.0f')} | {m + 1} | {col.mean():.1f} "
+                         f"| {np.percentile(col, 5):.0f}-{np.percentile(col, 95):.0f} | {col.min():.0f}-{col.max():.0f} "
+                         f"| {by_type} |")
     return "\n".join(lines)
 
 
