@@ -30,14 +30,15 @@ class ChatSession(Closeable):
 
     @classmethod
     def open(cls, model_dir: Path | None, strategy: str, config: PipelineConfig, image: Path,
-             show_keep: Path | None, files: tuple[Path | None, Path | None] = (None, None)) -> "ChatSession":
+             show_keep: Path | None, files: tuple[Path | None, Path | None] = (None, None),
+             params: dict | None = None) -> "ChatSession":
         """A session on a converted folder, on a model + mmproj pair (`files`), or on the default model."""
         from atp_cli.default_model import DEFAULT_DIR, build_default_model
 
         if show_keep is not None:
             check_output_file(show_keep)  # before the model is loaded
         pair = model_pair(model_dir, *files) or find_pair(build_default_model(DEFAULT_DIR))
-        pipe = Pipeline(*pair, strategy, config)
+        pipe = Pipeline(*pair, strategy, config, **(params or {}))
         try:
             return cls(pipe, image, show_keep)
         except Exception:

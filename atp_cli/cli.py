@@ -164,6 +164,40 @@ def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: st
     click.echo(f"ATP weights written to {out}")
 
 
+def _float_tuple(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
+    if not values or any(not 0 < v < float("inf") for v in values):
+        raise click.BadParameter(f"expected positive budgets, got {text!r}")
+    return values
+
+
+def _calibrate_operating_points(folder: Path, questions: list, budgets: tuple[float, ...], config) -> None:
+    """For each budget, the rows a pre-LLM (CDPruner) selection keeps before the trained modules so that the
+    visual tokens averaged over all layers meet it on the questions; stored beside the modules."""
+    from dataclasses import replace
+
+    from atp_cli.calibration import calibrate_hybrid
+    from atp_cli.pipeline import Pipeline
+    from converters.convert import attach
+
+    with Pipeline.from_dir(folder, "none", config) as pipe:
+        if pipe.weights is None or not pipe.weights.mlps:
+            raise click.UsageError(f"{folder}'s mmproj has no trained ATP modules to make operating points of")
+        if max(budgets) > pipe.n_visual:
+            raise click.BadParameter(f"budgets above the model's {pipe.n_visual} visual tokens: {budgets}")
+        kept = []
+        for b in sorted(budgets, reverse=True):
+            keep, reached = calibrate_hybrid(pipe, questions, b)
+            click.echo(f"  budget {b:g}: {keep} rows before the LLM -> {reached:.1f} tokens on average")
+            kept.append((b, keep))
+        weights = replace(pipe.weights, budgets=tuple(b for b, _ in kept), pre_keep=tuple(k for _, k in kept))
+    path = attach(folder, weights)
+    click.echo(f"operating points {', '.join(f'{b:g}' for b, _ in kept)} written into {path}")
+
+
 @cli.command()
 @click.argument("folder", type=PathType(path_type=Path))
 @click.argument("data", type=PathType(path_type=Path))
@@ -172,8 +206,13 @@ def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: st
 @click.option("--strides", default="4,6,8", show_default=True, help="SAP grid stride per module (0: none).")
 @click.option("--limit", type=click.IntRange(1), default=32, show_default=True, help="Calibration records used.")
 @click.option("--threads", type=THREADS, default=0)
-def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int, threads: int) -> None:
-    """Choose training-free ATP levels for a converted FOLDER that meet --budget on DATA; write them into its mmproj."""
+@click.option("--operating-points", "points",
+              help="Budgets (e.g. 144,64,32) at which the trained ATP modules run after a pre-LLM selection sized to "
+                   "meet each on DATA; written into the mmproj, chosen with `atp chat --budget`.")
+def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int, threads: int,
+              points: str | None) -> None:
+    """Choose training-free ATP levels for a converted FOLDER that meet --budget on DATA, or (--operating-points)
+    the trained modules' operating points; write them into its mmproj."""
     from atp_cli.calibration import calibrate_pipeline
     from atp_cli.pipeline import Pipeline, PipelineConfig
     from atp_cli.pruning.store import AtpWeights
@@ -183,6 +222,9 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
 
     samples = load_samples(data)[:limit]
     config = PipelineConfig(context=ContextConfig(n_threads=threads))
+    if points is not None:
+        _calibrate_operating_points(folder, [(s.image, s.question) for s in samples], _float_tuple(points), config)
+        return
     with Pipeline.from_dir(folder, "atp-free", config) as pipe:
         existing = pipe.weights
         atp_config, result = calibrate_pipeline(pipe, [(s.image, s.question) for s in samples], budget,
@@ -202,8 +244,10 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
 @click.option("--gguf", "gguf_file", type=PathType(path_type=Path),
               help="A language-model GGUF from llama.cpp's ecosystem (with --mmproj; instead of --model).")
 @click.option("--mmproj", "mmproj_file", type=PathType(path_type=Path), help="Its vision projector GGUF.")
-@click.option("--strategy", default="atp", show_default=True, help="atp, atp-free, fastv, pdrop, visionzip-style, "
-              "uniform, random or none.")
+@click.option("--strategy", default="atp", show_default=True, help="atp, atp-free, hybrid, cdpruner, dart, fastv, "
+              "pdrop, visionzip-style, uniform, random or none.")
+@click.option("--budget", type=FiniteRange(0, min_open=True),
+              help="atp: run the mmproj's operating point for this average visual-token budget (e.g. 64).")
 @click.option("--json", "as_json", is_flag=True, help="One-shot: print the answer and statistics as JSON.")
 @click.option("--show-keep", type=PathType(path_type=Path), help="Write a PNG of the tokens kept per module.")
 @click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
@@ -213,8 +257,8 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
 @click.option("--n-ctx", type=click.IntRange(64, 1 << 20), default=2048, show_default=True)
 @click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
 def chat(question: str | None, image: Path, model_dir: Path | None, gguf_file: Path | None, mmproj_file: Path | None,
-         strategy: str, as_json: bool, show_keep: Path | None, max_tokens: int, temperature: float, top_p: float,
-         seed: int, n_ctx: int, threads: int) -> None:
+         strategy: str, budget: float | None, as_json: bool, show_keep: Path | None, max_tokens: int,
+         temperature: float, top_p: float, seed: int, n_ctx: int, threads: int) -> None:
     """Chat about an image. With QUESTION: answer once and exit; without: an interactive session
     (/image PATH, /strategy NAME, /stats, /quit; Ctrl-C stops an answer, not the session)."""
     from atp_cli.chat import ChatSession
@@ -224,7 +268,12 @@ def chat(question: str | None, image: Path, model_dir: Path | None, gguf_file: P
 
     config = PipelineConfig(context=ContextConfig(n_ctx=n_ctx, n_threads=threads),
                             sampler=SamplerConfig(temperature, top_p, seed), max_tokens=max_tokens)
-    with ChatSession.open(model_dir, strategy, config, image, show_keep, files=(gguf_file, mmproj_file)) as session:
+    if budget is not None and strategy != "atp":
+        raise click.UsageError("--budget selects an operating point of the atp strategy; other strategies take "
+                               "their budgets in atp bench quality")
+    params = {} if budget is None else {"budget": budget}
+    with ChatSession.open(model_dir, strategy, config, image, show_keep, files=(gguf_file, mmproj_file),
+                          params=params) as session:
         if question is not None:
             session.one_shot(question, as_json)
         else:

@@ -19,8 +19,9 @@ def _floats(text: str) -> list[float]:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
 
 
-def _plans(strategies: list[str], budgets: list[float]):
-    """Strategies x budgets; `none` and trained `atp` appear once, at their own budget."""
+def _plans(strategies: list[str], budgets: list[float], atp_points: tuple[float, ...] = ()):
+    """Strategies x budgets; `none` and trained `atp` appear once, at their own budget, and `atp` again at each
+    budget the mmproj has an operating point for (`atp_points`)."""
     from atp_cli.bench.quality import Plan
     from atp_cli.pruning.registry import NAMES
 
@@ -29,6 +30,8 @@ def _plans(strategies: list[str], budgets: list[float]):
         raise click.BadParameter(f"unknown strategies {unknown}; choose from {', '.join(NAMES)}")
     plans = [Plan(s) for s in strategies if s in ("none", "atp")]
     plans += [Plan(s, b) for b in budgets for s in strategies if s not in ("none", "atp")]
+    if "atp" in strategies:
+        plans += [Plan("atp", b) for b in budgets if any(abs(b - p) <= 0.5 for p in atp_points)]
     return plans
 
 
@@ -86,8 +89,12 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
         from atp_cli.default_model import DEFAULT_DIR, build_default_model
 
         model_dir = build_default_model(DEFAULT_DIR)
-    plans = _plans([s.strip() for s in strategies.split(",") if s.strip()], _floats(budgets))
+    from atp_cli.pruning.store import read_atp
+
     model_path, mmproj_path = find_pair(Path(model_dir))
+    weights = read_atp(mmproj_path)
+    plans = _plans([s.strip() for s in strategies.split(",") if s.strip()], _floats(budgets),
+                   weights.budgets if weights is not None else ())
     rows = _split_rows(data, split, count, source, out)
     if not rows:
         raise click.BadParameter(f"{data or split} holds no questions")

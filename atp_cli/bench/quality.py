@@ -169,8 +169,10 @@ def paired_retention(correct: Sequence[bool], reference: Sequence[bool], confide
 
 def strategy_params(pipe: Pipeline, plan: Plan, calibration: Sequence[dict]) -> dict:
     """The parameters that make `plan.strategy` meet `plan.budget` on this model."""
-    if plan.budget is None or plan.strategy in ("none", "atp"):
+    if plan.budget is None or plan.strategy == "none":
         return {}
+    if plan.strategy == "atp":  # a named operating point of the mmproj (refused there when it has none)
+        return {"budget": plan.budget}
     n_layer, n_visual = pipe.model.n_layer, pipe.n_visual
     if plan.strategy in FIXED_RULES:
         return params_for_budget(plan.strategy, plan.budget, n_layer, n_visual)

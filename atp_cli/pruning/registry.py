@@ -20,7 +20,7 @@ DEFAULT_FREE_MASS = 0.6
 DEFAULT_FREE_STRIDES = (4, 6, 8)
 
 DOCS = {
-    "atp": "trained thresholds (the mmproj's atp.* MLPs)",
+    "atp": "trained thresholds (the mmproj's atp.* MLPs); budget=B: its operating point for B (pre-LLM rows + MLPs)",
     "atp-free": "relevance mass p_m + SAP grid of stride k_m per module (calibrated levels from the mmproj)",
     "fastv": "after layer k (2), keep ratio R (0.25) of visual tokens by the last prompt token's attention",
     "pdrop": "at 1/4, 2/4, 3/4 depth keep ratio (0.5) of the alive tokens by the last instruction token",
@@ -41,7 +41,11 @@ def make_strategy(name: str, n_layer: int, n_visual: int, weights: AtpWeights | 
     if name == "atp":
         if weights is None or not weights.mlps:
             raise InputError("strategy 'atp' needs trained ATP weights in the mmproj (atp convert --atp)")
-        return AtpStrategy(weights.config, list(weights.mlps), n_visual)
+        modules = AtpStrategy(weights.config, list(weights.mlps), n_visual)
+        if params.get("budget") is None:
+            return modules
+        keep = weights.operating_point(float(params["budget"]))  # a named operating point of the mmproj
+        return modules if keep >= n_visual else Hybrid(CDPruner(keep), modules, name="atp")
     if name == "hybrid":
         inner_name = "atp" if weights is not None and weights.mlps else "atp-free"
         inner = make_strategy(inner_name, n_layer, n_visual, weights, **params)

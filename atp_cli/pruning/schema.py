@@ -65,6 +65,10 @@ FIELDS = (
           and all(_is_real(x) and 0 < float(x) <= 1 for x in v), "1 to 64 numbers in (0, 1]", required=False),
     Field(Atp.FREE_STRIDE, "ints", lambda v: _ints(0, MAX_GRID, (1, 64))(v) and 1 not in [int(x) for x in v],
           "1 to 64 integers, each 0 (no grid) or >= 2", required=False),
+    Field(Atp.OP_BUDGETS, "floats", lambda v: isinstance(v, (list, tuple)) and 1 <= len(v) <= 16
+          and all(_is_real(x) and 0 < float(x) <= 1e6 for x in v) and len({round(float(x), 3) for x in v}) == len(v),
+          "1 to 16 distinct positive numbers", required=False),
+    Field(Atp.OP_PRE_KEEP, "ints", _ints(1, 1 << 20, (1, 16)), "1 to 16 positive integers", required=False),
 )
 
 
@@ -114,6 +118,21 @@ def check_consistency(boundaries: tuple[int, ...], n_layer: int, strides: tuple[
         raise SchemaError(f"{where}: neither threshold MLPs nor training-free levels ({Atp.FREE_MASS})")
     if not strides:
         raise SchemaError(f"{where}: {Atp.SAP_STRIDES} is empty")
+
+
+def check_operating_points(budgets: tuple[float, ...], pre_keep: tuple[int, ...], has_mlps: bool, where: str,
+                           n_visual: int | None = None) -> None:
+    """One pre-LLM count per named budget, trained modules to run after it, and no count above the visual tokens."""
+    if not budgets and not pre_keep:
+        return
+    if len(budgets) != len(pre_keep):
+        raise SchemaError(f"{where}: {Atp.OP_BUDGETS} has {len(budgets)} and {Atp.OP_PRE_KEEP} {len(pre_keep)} "
+                          "entries; expected one pre-LLM count per budget")
+    if not has_mlps:
+        raise SchemaError(f"{where}: operating points ({Atp.OP_BUDGETS}) need trained threshold MLPs")
+    if n_visual is not None and max(pre_keep) > n_visual:
+        raise SchemaError(f"{where}: {Atp.OP_PRE_KEEP} = {list(pre_keep)} keeps more than the {n_visual} visual "
+                          "tokens")
 
 
 def check_mlp_arrays(arrays: tuple[np.ndarray, ...], hidden: int, n_features: int, name: str) -> None:

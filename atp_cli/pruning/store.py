@@ -31,6 +31,17 @@ class AtpWeights:
     mlps: tuple[ThresholdMLP, ...] = ()
     free_mass: tuple[float, ...] = ()
     free_stride: tuple[int, ...] = ()
+    budgets: tuple[float, ...] = ()  # operating points: named budgets, each with the rows kept before the LLM
+    pre_keep: tuple[int, ...] = ()
+
+    def operating_point(self, budget: float) -> int:
+        """The rows kept before the LLM at the named `budget` (tokens averaged over layers, within half a token)."""
+        for b, keep in zip(self.budgets, self.pre_keep):
+            if abs(b - budget) <= 0.5:
+                return keep
+        have = ", ".join(f"{b:g}" for b in self.budgets) or "none"
+        raise InputError(f"the ATP weights have no operating point at a budget of {budget:g} (stored: {have}); "
+                         "atp calibrate --operating-points adds them")
 
     def metadata(self) -> dict[str, object]:
         """The atp.* keys as stored (absent optional keys left out): what is written and what the schema checks."""
@@ -45,6 +56,8 @@ class AtpWeights:
             meta[Atp.GRID] = list(c.grid)
         if self.free_mass or self.free_stride:
             meta[Atp.FREE_MASS], meta[Atp.FREE_STRIDE] = list(self.free_mass), list(self.free_stride)
+        if self.budgets or self.pre_keep:
+            meta[Atp.OP_BUDGETS], meta[Atp.OP_PRE_KEEP] = [float(b) for b in self.budgets], list(self.pre_keep)
         return meta
 
     def validate(self, n_layer: int | None = None, n_visual: int | None = None, where: str = "ATP weights") -> None:
@@ -53,6 +66,7 @@ class AtpWeights:
         c = self.config
         schema.check_consistency(c.boundaries, c.n_layer, c.strides, len(self.mlps), self.free_mass,
                                  self.free_stride, where)
+        schema.check_operating_points(self.budgets, self.pre_keep, bool(self.mlps), where, n_visual)
         for m, mlp in enumerate(self.mlps):
             schema.check_mlp_arrays((mlp.fc1_w, mlp.fc1_b, mlp.fc2_w, mlp.fc2_b), c.hidden, N_FEATURES,
                                     f"{where}: atp.m{m}")
@@ -106,7 +120,10 @@ def weights_from_values(values: dict[str, object], mlp_arrays: list[tuple[np.nda
                              free_stride, where)
     for m, arrays in enumerate(mlp_arrays):
         schema.check_mlp_arrays(arrays, config.hidden, N_FEATURES, f"{where}: atp.m{m}")
-    weights = AtpWeights(config, tuple(ThresholdMLP(*a) for a in mlp_arrays), free_mass, free_stride)
+    budgets = tuple(float(x) for x in fields.get(Atp.OP_BUDGETS, ()))
+    pre_keep = tuple(int(x) for x in fields.get(Atp.OP_PRE_KEEP, ()))
+    weights = AtpWeights(config, tuple(ThresholdMLP(*a) for a in mlp_arrays), free_mass, free_stride, budgets,
+                         pre_keep)
     weights.validate(where=where)
     return weights
 
@@ -190,6 +207,7 @@ def save_safetensors(weights: AtpWeights, path: str | Path) -> None:
                                   "grid": list(c.grid) if c.grid else None, "hidden": c.hidden}),
         "free_mass": json.dumps(list(weights.free_mass)),
         "free_stride": json.dumps(list(weights.free_stride)),
+        "operating_points": json.dumps([list(weights.budgets), list(weights.pre_keep)]),
     }
     tensors = {}
     for m, mlp in enumerate(weights.mlps):
@@ -218,6 +236,7 @@ def load_safetensors(path: str | Path) -> AtpWeights:
     try:
         cfg = json.loads(meta["atp_config"])
         free_mass, free_stride = json.loads(meta.get("free_mass", "[]")), json.loads(meta.get("free_stride", "[]"))
+        budgets, pre_keep = json.loads(meta.get("operating_points", "[[], []]"))
     except json.JSONDecodeError as e:
         raise schema.SchemaError(f"{path}: the ATP metadata is not JSON: {e}") from e
     if not isinstance(cfg, dict):
@@ -227,6 +246,7 @@ def load_safetensors(path: str | Path) -> AtpWeights:
     values: dict[str, object] = {key: cfg.get(name) for name, key in names.items()}
     values[Atp.FORMAT_VERSION] = ATP_FORMAT_VERSION
     values[Atp.FREE_MASS], values[Atp.FREE_STRIDE] = free_mass or None, free_stride or None
+    values[Atp.OP_BUDGETS], values[Atp.OP_PRE_KEEP] = budgets or None, pre_keep or None
     mlp_arrays = []
     while f"m{len(mlp_arrays)}.fc1.weight" in tensors:
         m = len(mlp_arrays)
