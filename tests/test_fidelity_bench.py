@@ -81,6 +81,8 @@ def test_a_stopped_run_resumes_to_the_same_rows(folder, split, tmp_path):  # noq
         RunStore.open(tmp_path / "a", {**header, "questions": ["x", "y"]}, True)
     longer = RunStore.open(tmp_path / "a", {**header, "questions": ["q", "more"]}, True)  # adds questions after
     assert len(longer.done) == 3 * len(split) and longer.header["questions"] == ["q", "more"]
+    shorter = RunStore.open(tmp_path / "a", {**header, "questions": ["q"]}, True)  # its first questions only
+    assert shorter.header["questions"] == ["q", "more"]
     with pytest.raises(InputError, match="other plans"):
         RunStore.open(tmp_path / "a", {**header, "plans": [["none", None]]}, True)
     with pytest.raises(InputError, match="--resume"):

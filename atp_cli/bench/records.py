@@ -4,7 +4,7 @@ computed from the per-question records alone).
 
 `run.json` holds what the records are of - a digest per question, the model files' digest and each row's strategy
 and budget - and a resumed run must match it (it may add questions after the ones it has: `-n 120` resumed with
-`-n 600` runs the other 480); `records.jsonl` is only ever appended to.
+`-n 600` runs the other 480, and `-n 64` summarises its first 64); `records.jsonl` is only ever appended to.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ class RunStore:
                 raise InputError(f"the run in {folder} is of other {key}; resume it with the same options, "
                                  "or choose another --out")
         had, asked = list(stored.get("questions") or []), list(header.get("questions") or [])
-        if asked[: len(had)] != had:
-            raise InputError(f"the run in {folder} is of other questions (a resumed run may only add questions "
-                             "after the ones it has)")
+        if asked[: len(had)] != had and had[: len(asked)] != asked:
+            raise InputError(f"the run in {folder} is of other questions (a resumed run may add questions after the "
+                             "ones it has, or summarise its first ones)")
         if len(asked) > len(had):  # more questions than before: the header says so from now on
             stored["questions"] = asked
             with atomic_path(head) as tmp:
