@@ -118,3 +118,27 @@ def calibrate_hybrid(pipe, questions: Sequence[tuple], target: float, iterations
     keep, value = bisect_level(measure, target, 1.0, float(pipe.n_visual), iterations)
     pipe.set_strategy("hybrid", keep=max(1, round(keep)))
     return max(1, round(keep)), value
+
+
+def calibrate_thresholds(pipe, questions: Sequence[tuple], target: float, config: AtpConfig, theta_sp: float = 0.8,
+                         iterations: int = 12) -> tuple[float, float]:
+    """The relevance threshold theta_r that, held fixed in every module of `config` (with `theta_sp`), meets
+    `target` visual tokens averaged over all layers on (image, question) pairs; (theta_r, tokens reached). Leaves
+    the Pipeline on that fixed-threshold ATP. A higher theta_r keeps fewer tokens, so the bisection runs on -theta_r."""
+    from atp_cli.pruning.atp import AtpStrategy, ThresholdMLP
+
+    def use(theta_r: float) -> None:
+        mlps = [ThresholdMLP.constant(theta_r, theta_sp, config.hidden)] * len(config.boundaries)
+        pipe.use_strategy(AtpStrategy(config, mlps, pipe.n_visual))
+
+    prompts: list[Prompt] = []
+
+    def measure(level: float) -> float:
+        use(-level)
+        if not prompts:
+            prompts.extend(pipe.prompt(image, question)[0] for image, question in questions)
+        return float(np.mean(average_tokens(pipe.decoder, prompts, pipe.strategy)))
+
+    level, value = bisect_level(measure, target, -8.0, -0.02, iterations)
+    use(-level)
+    return -level, value

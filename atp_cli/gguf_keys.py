@@ -18,6 +18,7 @@ class Atp:
     HAS_MLP = "atp.mlp.present"
     FREE_MASS = "atp.free.mass"  # training-free: attention mass kept per module
     FREE_STRIDE = "atp.free.stride"  # training-free: SAP stride per module
+    DEBIAS = "atp.scores.debias"  # true: relevance without the attention's distance trend
     OP_BUDGETS = "atp.operating_points.budget"  # named budgets (average visual tokens) selectable at run time
     OP_PRE_KEEP = "atp.operating_points.pre_keep"  # per budget: rows kept before the LLM (all: the modules alone)
 

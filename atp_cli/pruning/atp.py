@@ -14,7 +14,7 @@ from atp_cli.pruning.base import ModuleInput
 from atp_cli.errors import InputError
 from atp_cli.pruning.config import N_FEATURES, AtpConfig
 from atp_cli.pruning.sap import grid_shape, on_grid, raster_coords, spatial_scores
-from atp_cli.pruning.scores import relevance
+from atp_cli.pruning.scores import relevance, relevance_debiased
 
 _QUANTILES = (0.25, 0.5, 0.75, 0.9)
 
@@ -32,7 +32,8 @@ def module_scores(view: ModuleInput, config: AtpConfig, n_visual: int) -> Module
     shape = grid_shape(n_visual, config.grid)
     rows, cols = raster_coords(view.visual_pos - view.visual_origin, shape)
     return ModuleScores(
-        relevance=relevance(view.attn_vv, view.attn_tv),
+        relevance=(relevance_debiased(view.attn_vv, view.attn_tv, view.query_pos, view.visual_pos) if config.debias
+                   else relevance(view.attn_vv, view.attn_tv)),
         spatial=spatial_scores(rows, cols, config.strides, config.lam),
         rows=rows,
         cols=cols,

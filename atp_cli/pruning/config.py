@@ -18,6 +18,7 @@ class AtpConfig:
     temperature: float = 10.0  # soft-mask sharpness in training
     grid: tuple[int, int] | None = None  # (H, W) of the visual tokens; None: square
     hidden: int = 64
+    debias: bool = False  # relevance from distance-debiased attention (pruning.scores.relevance_debiased)
 
     def validate(self, n_layer: int | None = None) -> None:
         depth = self.n_layer if n_layer is None else n_layer

@@ -65,6 +65,7 @@ FIELDS = (
           and all(_is_real(x) and 0 < float(x) <= 1 for x in v), "1 to 64 numbers in (0, 1]", required=False),
     Field(Atp.FREE_STRIDE, "ints", lambda v: _ints(0, MAX_GRID, (1, 64))(v) and 1 not in [int(x) for x in v],
           "1 to 64 integers, each 0 (no grid) or >= 2", required=False),
+    Field(Atp.DEBIAS, "bool", lambda v: isinstance(v, (bool, np.bool_)), "true or false", required=False),
     Field(Atp.OP_BUDGETS, "floats", lambda v: isinstance(v, (list, tuple)) and 1 <= len(v) <= 16
           and all(_is_real(x) and 0 < float(x) <= 1e6 for x in v) and len({round(float(x), 3) for x in v}) == len(v),
           "1 to 16 distinct positive numbers", required=False),

@@ -46,3 +46,51 @@ def relevance(attn_vv: np.ndarray, attn_tv: np.ndarray) -> np.ndarray:
     if attn_tv.shape[0] == 0:
         return s_self
     return (s_self + mean_one(cross_modality(attn_tv))) / 2.0
+
+
+# --- distance-debiased scores --------------------------------------------------------------------------------------
+# A causal language model pays more attention to keys near the query (RoPE's decay, recency), so raw attention ranks
+# the image rows next to the question highest whatever they show. These scores divide each attention weight by what
+# a key at that distance gets on average - a smooth trend fitted on the same matrix - and keep what is left: how
+# much more than its distance explains a token is looked at.
+
+TREND_DEGREE = 3
+
+
+def _distance_trend(distance: np.ndarray, attn: np.ndarray) -> np.ndarray:
+    """exp of a degree-3 polynomial in log(1 + distance) fitted to log attention (least squares): the attention a key
+    gets for its distance alone, evaluated at every entry."""
+    x = np.log1p(distance.astype(np.float64)).ravel()
+    y = np.log(np.maximum(attn.astype(np.float64), 1e-12)).ravel()
+    if x.size <= TREND_DEGREE + 1 or np.ptp(x) == 0:
+        return np.full(distance.shape, np.exp(y.mean()) if y.size else 1.0)
+    coeffs = np.polynomial.polynomial.polyfit(x, y, TREND_DEGREE)
+    return np.exp(np.polynomial.polynomial.polyval(x, coeffs)).reshape(distance.shape)
+
+
+def self_modality_debiased(attn_vv: np.ndarray) -> np.ndarray:
+    """s_self without the distance trend: the mean over visual queries i >= j of a_ij / trend(i - j)."""
+    nv = attn_vv.shape[0]
+    i, j = np.tril_indices(nv)
+    ratio = np.zeros((nv, nv))
+    ratio[i, j] = attn_vv[i, j] / _distance_trend(i - j, attn_vv[i, j])
+    return ratio.sum(axis=0) / np.arange(nv, 0, -1, dtype=np.float64)
+
+
+def cross_modality_debiased(attn_tv: np.ndarray, query_pos: np.ndarray, visual_pos: np.ndarray) -> np.ndarray:
+    """s_cross without the distance trend: each query row scaled to mean 1 (rows spend different shares on the
+    image), divided by the trend of its positional distance to the key, averaged over the queries."""
+    rows = attn_tv / np.maximum(attn_tv.mean(axis=1, keepdims=True), 1e-12)
+    distance = np.asarray(query_pos)[:, None] - np.asarray(visual_pos)[None, :]
+    return (rows / _distance_trend(distance, rows)).mean(axis=0)
+
+
+def relevance_debiased(attn_vv: np.ndarray, attn_tv: np.ndarray, query_pos: np.ndarray,
+                       visual_pos: np.ndarray) -> np.ndarray:
+    """`relevance` from the distance-debiased self and cross scores."""
+    check_attention(attn_vv, "vision->vision")
+    check_attention(attn_tv, "text->vision")
+    s_self = mean_one(self_modality_debiased(attn_vv))
+    if attn_tv.shape[0] == 0:
+        return s_self
+    return (s_self + mean_one(cross_modality_debiased(attn_tv, query_pos, visual_pos))) / 2.0

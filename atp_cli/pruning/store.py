@@ -54,6 +54,8 @@ class AtpWeights:
         }
         if c.grid is not None:
             meta[Atp.GRID] = list(c.grid)
+        if c.debias:
+            meta[Atp.DEBIAS] = True
         if self.free_mass or self.free_stride:
             meta[Atp.FREE_MASS], meta[Atp.FREE_STRIDE] = list(self.free_mass), list(self.free_stride)
         if self.budgets or self.pre_keep:
@@ -113,6 +115,7 @@ def weights_from_values(values: dict[str, object], mlp_arrays: list[tuple[np.nda
         temperature=float(fields[Atp.TEMPERATURE]),
         grid=None if grid is None else (int(grid[0]), int(grid[1])),
         hidden=int(fields[Atp.MLP_HIDDEN]),
+        debias=bool(fields.get(Atp.DEBIAS, False)),
     )
     free_mass = tuple(float(x) for x in fields.get(Atp.FREE_MASS, ()))
     free_stride = tuple(int(x) for x in fields.get(Atp.FREE_STRIDE, ()))
@@ -204,7 +207,8 @@ def save_safetensors(weights: AtpWeights, path: str | Path) -> None:
     meta = {
         "atp_config": json.dumps({"n_layer": c.n_layer, "boundaries": list(c.boundaries), "strides": list(c.strides),
                                   "lam": c.lam, "temperature": c.temperature,
-                                  "grid": list(c.grid) if c.grid else None, "hidden": c.hidden}),
+                                  "grid": list(c.grid) if c.grid else None, "hidden": c.hidden,
+                                  "debias": c.debias}),
         "free_mass": json.dumps(list(weights.free_mass)),
         "free_stride": json.dumps(list(weights.free_stride)),
         "operating_points": json.dumps([list(weights.budgets), list(weights.pre_keep)]),
@@ -242,7 +246,7 @@ def load_safetensors(path: str | Path) -> AtpWeights:
     if not isinstance(cfg, dict):
         raise schema.SchemaError(f"{path}: atp_config = {cfg!r}; expected a JSON object")
     names = {"n_layer": Atp.N_LAYER, "boundaries": Atp.BOUNDARIES, "strides": Atp.SAP_STRIDES, "lam": Atp.SAP_LAMBDA,
-             "temperature": Atp.TEMPERATURE, "grid": Atp.GRID, "hidden": Atp.MLP_HIDDEN}
+             "temperature": Atp.TEMPERATURE, "grid": Atp.GRID, "hidden": Atp.MLP_HIDDEN, "debias": Atp.DEBIAS}
     values: dict[str, object] = {key: cfg.get(name) for name, key in names.items()}
     values[Atp.FORMAT_VERSION] = ATP_FORMAT_VERSION
     values[Atp.FREE_MASS], values[Atp.FREE_STRIDE] = free_mass or None, free_stride or None
