@@ -84,3 +84,15 @@ def test_calibrated_points_meet_their_budgets_and_chat_runs_them(folder, tmp_pat
     one_line(*run("chat", "--model", work, "--image", paths[0], "--budget", "50", "q"), "no operating point")
     one_line(*run("chat", "--model", work, "--image", paths[0], "--strategy", "fastv", "--budget", "12", "q"),
              "operating point of the atp strategy")
+
+
+def test_fixed_thresholds_calibrate_to_a_budget(folder):  # noqa: F811
+    from atp_cli.calibration import calibrate_thresholds
+
+    questions = [(img, "what colour is it") for img in images(3, seed=9)]
+    with Pipeline.from_dir(folder, "none", CFG) as pipe:
+        config = AtpConfig(4, (1, 3), grid=(GRID, GRID), hidden=4)
+        for target in (40.0, 24.0):
+            theta, reached = calibrate_thresholds(pipe, questions, target, config, theta_sp=0.9)
+            assert theta > 0 and abs(reached - target) < 4
+            assert abs(np.mean([pipe(i, q).stats.visual_tokens_avg for i, q in questions]) - reached) < 1e-6
