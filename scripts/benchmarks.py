@@ -35,7 +35,25 @@ class Section:
     table: str | None = None  # markdown file the command writes (else its stdout is the table)
 
 
+FIDELITY_RUNS = ("docs/bench/fidelity/runs/budgets-144-64.json", "docs/bench/fidelity/runs/budget-32.json")
+
 SECTIONS = [
+    Section("fidelity", "The decisive comparison: fidelity to the unpruned model at 144, 64 and 32 visual tokens",
+            [PY, "scripts/combine_quality.py", *FIDELITY_RUNS, "--out", "docs/bench/fidelity"],
+            "Balanced held-out test questions of the default model (every answer of a type equally likely, so the "
+            "blind row scores chance per type; the test split tunes nothing). The two runs merged here take about "
+            "an hour on 2 cores and are resumable (`--resume`, also to extend `-n`): `atp bench quality --split test "
+            "--source mix -n 120 --strategies none,atp,atp-free,hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,"
+            "uniform,random --budgets 144,64 --calibration runs/cal/val.jsonl --no-peer --threads 1 --out "
+            "runs/v1-144-64` and the same with `--strategies none,hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,"
+            "uniform,random --budgets 32` (at 32 the in-LLM rules with their first module at layer 2 cannot meet the "
+            "budget: two unpruned layers of 30 alone average 38.4 tokens; single-boundary rules prune after layer 1 "
+            "there). Calibration: 6 validation questions (`atp data runs/cal --split val -n 6 --source mix`). "
+            "Agreement: the greedy answer equals the unpruned one; KL: KL(unpruned || row) of the first answer "
+            "token's distribution, in nats; top-1: the most likely first token is the unpruned one. Intervals: 95 % "
+            "paired bootstrap over the questions; `vs`: each row minus the atp (or hybrid) row nearest in tokens, "
+            "with * where the interval excludes 0.",
+            "docs/bench/fidelity/quality.md"),
     Section("quality", "Accuracy and cost on the default model: strategies at an equal budget, and the stock peer",
             [*ATP, "bench", "quality", "--split", "test", "--source", "mix", "-n", "60", "--budgets", "144",
              "--calibration", "docs/bench/quality-calibration/val.jsonl", "--out", "docs/bench/quality"],
@@ -93,6 +111,10 @@ def run_section(s: Section) -> None:
     table = (ROOT / s.table).read_text() if s.table else proc.stdout
     meta = {"command": shlex.join(["python" if c == PY else c for c in s.command]).replace(
         "python -m atp_cli.cli", "atp"), "machine": machine(), "commit": commit()}
+    if s.name == "fidelity":  # merged from runs made earlier: their machine and code, not this process's
+        runs = [json.loads((ROOT / f).read_text()) for f in FIDELITY_RUNS]
+        meta["machine"] = runs[0]["machine"]
+        meta["commit"] = " and ".join(dict.fromkeys(r["commit"] for r in runs)) + " (the runs)"
     write_atomic(OUT / f"{s.name}.md", table)
     write_atomic(OUT / f"{s.name}.meta.json", json.dumps(meta))
 
@@ -127,10 +149,18 @@ def compose() -> str:
         if not md.is_file():
             continue
         meta = json.loads(meta_path.read_text())
+        threads = ("1 llama.cpp thread, beside a training run on the other core (times are not comparable; the "
+                   "fidelity figures are deterministic)") if s.name == "fidelity" else "llama.cpp threads = all cores"
         parts += [f"## {s.title}", "", f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}, "
-                  f"llama.cpp threads = all cores, commit {meta['commit']}.", "", s.intro, "", md.read_text().strip(), ""]
+                  f"{threads}, commit {meta['commit']}.", "", s.intro, "", md.read_text().strip(), ""]
+        findings = OUT / s.name / "FINDINGS.md"
+        if findings.is_file():
+            parts += [findings.read_text().strip(), ""]
         if s.name == "speed" and targets():
             parts += ["Targets:", "", targets(), ""]
+        if s.name == "fidelity":
+            parts += ["![accuracy vs tokens](bench/fidelity/accuracy_vs_tokens.png) "
+                      "![KL vs tokens](bench/fidelity/kl_vs_tokens.png)", ""]
         if s.name == "quality":
             parts += ["![accuracy vs tokens](bench/quality/accuracy_vs_tokens.png) "
                       "![time to first token vs tokens](bench/quality/ttft_vs_tokens.png)", ""]

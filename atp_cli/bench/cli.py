@@ -115,7 +115,8 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
             stock.close()
     dicts = [r.as_dict() for r in results]
     title = f"{model_dir.name}: {len(rows)} " + (f"questions of {data}" if data else f"{split} questions ({source})")
-    payload = {"machine": report.machine(), "commit": report.commit(), "model": str(model_dir), "title": title,
+    payload = {"machine": store.header.get("machine", report.machine()),  # where and with which code it ran
+               "commit": store.header.get("commit", report.commit()), "model": str(model_dir), "title": title,
                "chance": report.chance_by_kind(dicts), "rows": dicts}
     report.write_json(out / "quality.json", payload)
     table = report.quality_table(dicts)
