@@ -90,7 +90,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/atp-default"))
     ap.add_argument("--stages", default="1,2,3",
-                    help="comma-separated stages to run (1 alignment, 2 questions + LoRA, 3 ATP)")
+                    help="comma-separated stages to run (1 alignment, 2 questions + LoRA, 3 ATP training, 4 ATP "
+                         "calibration: fixed thresholds and operating points on the assembled model, no torch)")
     ap.add_argument("--train-images", type=int, default=2400)
     ap.add_argument("--val-images", type=int, default=40)
     ap.add_argument("--turns", type=int, default=8, help="questions per image")
@@ -125,6 +126,12 @@ def main() -> None:
                     help="stage 3: the thresholds every module starts at (default: near keeping everything)")
     ap.add_argument("--boundaries", type=int, nargs="+",
                     help="stage 3: the layers the ATP modules prune before (default: 5 14 23 for 30 layers)")
+    ap.add_argument("--operating-points", type=float, nargs="*", default=[64.0, 32.0],
+                    help="stage 4: budgets below --budget at which the modules run after a pre-LLM selection")
+    ap.add_argument("--theta-sp", type=float, default=0.8, help="stage 4: the fixed SAP threshold")
+    ap.add_argument("--debias", action=argparse.BooleanOptionalAction, default=False,
+                    help="stage 4: relevance from distance-debiased attention (atp.scores.debias)")
+    ap.add_argument("--calibration-questions", type=int, default=12, help="stage 4: validation questions used")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--artifacts", type=Path, default=ARTIFACTS,
                     help="where the stages write (and later stages read) the artifacts; default: the committed ones")
@@ -168,7 +175,43 @@ def main() -> None:
                                             start_thresholds=tuple(args.start_thresholds) if args.start_thresholds
                                             else None,
                                             steps=args.atp_steps, lr=args.atp_lr, seed=args.seed), on_step=log)
+    if 4 in stages:
+        calibrate_modules(args, atp)
     print(f"wrote {projector}, {lora} and {atp}")
+
+
+def calibrate_modules(args: argparse.Namespace, atp: Path) -> None:
+    """Stage 4: on the default model assembled from the artifacts, the fixed threshold theta_r every module uses to
+    meet --budget, then the operating points below it, on validation questions the validation score never sees
+    (indices from 1000 on); written as the ATP artifact."""
+    from atp_cli.calibration import calibrate_hybrid, calibrate_thresholds
+    from atp_cli.data.scenes import PROMPT_SUFFIX
+    from atp_cli.default_model import build_default_model
+    from atp_cli.pipeline import Pipeline, PipelineConfig
+    from atp_cli.pruning.atp import ThresholdMLP
+    from atp_cli.pruning.config import AtpConfig
+    from atp_cli.pruning.store import AtpWeights, save_safetensors
+    from atp_cli.runtime.context import ContextConfig
+
+    atp.unlink(missing_ok=True)  # the model is assembled without ATP modules, then they are calibrated on it
+    folder = build_default_model(args.work / "calibrate", force=True, artifacts=args.artifacts)
+    questions = [(e.image, e.question + PROMPT_SUFFIX) for e in
+                 (make_mixed_example("val", 1000 + i) for i in range(args.calibration_questions))]
+    cfg = PipelineConfig(context=ContextConfig(n_ctx=1024))
+    with Pipeline.from_dir(folder, "none", cfg) as pipe:
+        n_layer = pipe.model.n_layer
+        config = AtpConfig(n_layer, tuple(args.boundaries or (2, 10, 20)), grid=(24, 24), debias=args.debias)
+        theta, reached = calibrate_thresholds(pipe, questions, args.budget, config, args.theta_sp)
+        print(f"theta_r {theta:.4f}, theta_sp {args.theta_sp}: {reached:.1f} tokens (target {args.budget:g})")
+        mlps = tuple([ThresholdMLP.constant(theta, args.theta_sp, config.hidden)] * len(config.boundaries))
+        pipe.weights = AtpWeights(config, mlps)
+        points = [(args.budget, pipe.n_visual)]
+        for budget in sorted(args.operating_points, reverse=True):
+            keep, got = calibrate_hybrid(pipe, questions, budget)
+            print(f"operating point {budget:g}: {keep} rows before the modules -> {got:.1f} tokens")
+            points.append((budget, keep))
+    save_safetensors(AtpWeights(config, mlps, budgets=tuple(b for b, _ in points),
+                                pre_keep=tuple(k for _, k in points)), atp)
 
 
 if __name__ == "__main__":
