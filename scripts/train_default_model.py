@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--operating-points", type=float, nargs="*", default=[64.0, 32.0],
                     help="stage 4: budgets below --budget at which the modules run after a pre-LLM selection")
     ap.add_argument("--theta-sp", type=float, default=0.8, help="stage 4: the fixed SAP threshold")
-    ap.add_argument("--debias", action=argparse.BooleanOptionalAction, default=False,
+    ap.add_argument("--debias", action=argparse.BooleanOptionalAction, default=True,
                     help="stage 4: relevance from distance-debiased attention (atp.scores.debias)")
     ap.add_argument("--calibration-questions", type=int, default=12, help="stage 4: validation questions used")
     ap.add_argument("--seed", type=int, default=0)
