@@ -1,8 +1,8 @@
-"""A stand-in vision encoder that needs no trained weights: image patches -> colour-word embeddings.
+"""A vision encoder with no weights at all, for `atp demo`: image patches -> colour-word embeddings.
 
-Until the default LLaVA model exists, the demo still answers a real question about a real image: the
-image is cut into a grid of patches, each patch is named by its nearest colour, and the patch becomes the
-language model's own input embedding of that colour word. The language model then receives one visual
+It exercises the whole native pruning path with nothing but the packaged language model (no tower, no projector,
+no mmproj): the image is cut into a grid of patches, each patch is named by its nearest colour, and the patch
+becomes the language model's own input embedding of that colour word. The language model then receives one visual
 embedding row per patch through the same path as a LLaVA projector's output, and the pruning between
 decoder segments acts on those rows.
 """

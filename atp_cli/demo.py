@@ -1,4 +1,5 @@
-"""The set-up's demo run: SmolLM2-135M-Instruct answers a question about an image (colour probe)."""
+"""`atp demo`: a smoke test of the segmented decoder and its pruning with nothing but the packaged SmolLM2 (the
+image seen through the weight-free colour probe); `atp chat` is the real thing."""
 
 from __future__ import annotations
 
