@@ -17,7 +17,18 @@ from atp_cli.errors import InputError, ModelError
 from atp_cli.paths import cache_dir
 from converters.quantize import FTYPES, quantize_gguf
 
-LLAMA_CPP_VERSION = "0.3.36"  # native_patch/build_wheel.py SDIST_VERSION
+def _installed_llama_cpp() -> str:
+    """The installed llama-cpp-python's version (the patched wheel built from the pyproject.toml pin); its
+    converter was unpacked beside the wheel's build under that version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        return "not-installed"
+
+
+LLAMA_CPP_VERSION = _installed_llama_cpp()
 DIRECT_TYPES = ("f32", "f16", "bf16", "q8_0")  # written by convert_hf_to_gguf itself
 
 

@@ -16,15 +16,30 @@ import os
 import platform
 import shutil
 import subprocess
+import re
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
 SDIST_NAME = "llama-cpp-python"
-SDIST_VERSION = "0.3.36"
-SDIST_FILE = "llama_cpp_python-0.3.36.tar.gz"
-SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+# the sdist every pinned version is built from, by its sha256 (a pin without its hash here is refused)
+SDIST_SHA256S = {"0.3.36": "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"}
+
+
+def pinned_version(pyproject: Path = Path(__file__).resolve().parents[1] / "pyproject.toml") -> str:
+    """The llama-cpp-python version pyproject.toml pins: the one place the version is written."""
+    found = re.findall(r'"llama-cpp-python==([0-9][0-9A-Za-z.]*)"', pyproject.read_text(encoding="utf-8"))
+    if len(found) != 1:
+        sys.exit(f"{pyproject} must pin llama-cpp-python exactly once (\"llama-cpp-python==X.Y.Z\"), found {found}")
+    if found[0] not in SDIST_SHA256S:
+        sys.exit(f"llama-cpp-python {found[0]} is pinned in {pyproject} but its sdist hash is not in SDIST_SHA256S")
+    return found[0]
+
+
+SDIST_VERSION = pinned_version()
+SDIST_FILE = f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
+SDIST_SHA256 = SDIST_SHA256S[SDIST_VERSION]
 COMMON_ARGS = "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF"
 # Every build flag of the wheel is here. On x86-64 the wheel is portable: GGML_BACKEND_DL with
 # GGML_CPU_ALL_VARIANTS builds the CPU backend once per instruction-set level and ggml picks the best

@@ -189,8 +189,9 @@ def test_doctor_names_a_stock_library(monkeypatch):
     assert any("lacks the atp entry points" in p for p in report.problems)
 
 
-def test_the_pinned_llama_cpp_python_version_agrees_everywhere():
-    """The sdist the wheel is built from, the package's dependency pin and the converter's tools folder."""
+def test_the_pinned_llama_cpp_python_version_agrees_everywhere(tmp_path):
+    """The version is written once, in pyproject.toml: the wheel's build reads it (and refuses a pin whose sdist
+    hash it lacks), the converter's tools folder follows the installed wheel."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     from converters.llm import LLAMA_CPP_VERSION
@@ -199,3 +200,7 @@ def test_the_pinned_llama_cpp_python_version_agrees_everywhere():
             if d.startswith("llama-cpp-python")]
     assert pins == [f"llama-cpp-python=={load_build_wheel().SDIST_VERSION}"]
     assert LLAMA_CPP_VERSION == load_build_wheel().SDIST_VERSION
+    other = tmp_path / "pyproject.toml"
+    other.write_text('dependencies = ["llama-cpp-python==9.9.9"]\n')
+    with pytest.raises(SystemExit, match="hash"):
+        load_build_wheel().pinned_version(other)
