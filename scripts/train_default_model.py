@@ -39,6 +39,11 @@ snapshot at step N (saved every 25 steps in --work, with the optimiser's state) 
 --resume continues it exactly; --decay-from S lets them fall linearly to zero from step S on, and a snapshot of
 step S resumes into that decay. --weight-first-turns weights each turn's loss toward the first questions' mix of
 types and answers (what evaluation asks; research/TRAINING_NOTES.md). A GPU is used when present.
+
+On a lent accelerator (16 cores, one GPU, minutes of time) one command does the whole recipe and leaves the artifacts
+in $OUT: `OUT=out python scripts/train_default_model.py --device-run --work /tmp/atp-device --train-images 20000
+--lora-steps 100000 --time-budget 300` (stage 2 with the projector learning at 1e-4, bfloat16 on the GPU, stopped
+after --time-budget seconds with a snapshot and a validation; then stage 4 calibrates the modules on the CPU).
 """
 
 from __future__ import annotations
@@ -84,6 +89,51 @@ def split_once(out: Path, split: str, n: int, sources: tuple[str, ...], turns: i
     written = write_mixed_split(out, split, n, sources, turns=turns)
     stamp.write_text(key)
     return written
+
+
+def device_defaults(args: argparse.Namespace) -> None:
+    """--device-run: what an accelerator makes affordable within its few minutes, unless given otherwise; the
+    artifacts go to $OUT, which the device tool brings back (a few small files)."""
+    import os
+
+    out = os.environ.get("OUT")
+    if args.artifacts == ARTIFACTS:
+        if not out:
+            sys.exit("--device-run writes its artifacts to $OUT (or give --artifacts)")
+        args.artifacts = Path(out)
+    args.artifacts.mkdir(parents=True, exist_ok=True)
+    if "2" in args.stages and args.stages == "1,2,3":
+        args.stages = "2,4"
+    if args.lr == 0.0:
+        args.lr = 1e-4  # the projector learns too
+    shutil.copyfile(ARTIFACTS / "projector.safetensors", args.artifacts / "projector.safetensors")
+
+
+def parallel_split(out: Path, split: str, n: int, sources: tuple[str, ...], turns: int) -> Path:
+    """Like split_once, rendered on every core: chunks of the split written side by side, then one JSONL whose image
+    paths point into the chunks (the examples are the same as a serial run's: each is seeded by its index)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = max(1, min(os.cpu_count() or 1, n))
+    bounds = [(k * n // workers, (k + 1) * n // workers) for k in range(workers)]
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(_write_chunk, [(out / f"part{k}", split, b - a, sources, a, turns)
+                                             for k, (a, b) in enumerate(bounds)]))
+    lines = []
+    for part in parts:
+        for line in part.read_text().splitlines():
+            record = json.loads(line)
+            record["image"] = f"{part.parent.name}/{record['image']}"
+            lines.append(json.dumps(record))
+    jsonl = out / f"{split}.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    return jsonl
+
+
+def _write_chunk(job: tuple) -> Path:
+    folder, split, n, sources, start, turns = job
+    return write_mixed_split(folder, split, n, sources, start=start, turns=turns)
 
 
 def main() -> None:
@@ -133,6 +183,11 @@ def main() -> None:
                     help="stage 4: relevance from distance-debiased attention (atp.scores.debias)")
     ap.add_argument("--calibration-questions", type=int, default=12, help="stage 4: validation questions used")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device-run", action="store_true",
+                    help="the one-shot accelerator recipe: data generated on every core into --work, stage 2 with "
+                         "the projector learning too, for at most --time-budget seconds, then stage 4; the artifacts "
+                         "and the log go to $OUT (or --artifacts)")
+    ap.add_argument("--time-budget", type=float, default=300.0, help="--device-run: seconds of stage-2 training")
     ap.add_argument("--artifacts", type=Path, default=ARTIFACTS,
                     help="where the stages write (and later stages read) the artifacts; default: the committed ones")
     ap.add_argument("--align-positions", action=argparse.BooleanOptionalAction, default=False,
@@ -141,16 +196,20 @@ def main() -> None:
                     help="stage 1: the tower hidden state(s) the projector reads (several: concatenated, ascending); "
                          "later stages read them from the projector file")
     args = ap.parse_args()
+    if args.device_run:
+        device_defaults(args)
     projector, lora, atp = artifact_paths(args.artifacts)
     args.artifacts.mkdir(parents=True, exist_ok=True)
     stages = {int(s) for s in args.stages.split(",") if s.strip()}
     sources = tuple(SOURCES)
-    data = split_once(args.work / "data", "train", args.train_images, sources, args.turns)
-    val = split_once(args.work / "val", "val", args.val_images, sources, args.turns)
+    split = parallel_split if args.device_run else split_once
+    data = split(args.work / "data", "train", args.train_images, sources, args.turns)
+    val = split(args.work / "val", "val", args.val_images, sources, args.turns)
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
                              validate_every=args.validate_every, resume_from=args.work / "lora" if args.resume else None,
                              resumed_steps=args.resumed_steps, rebalance=args.rebalance_turns,
-                             decay_from=args.decay_from, weight_first=args.weight_first_turns)
+                             decay_from=args.decay_from, weight_first=args.weight_first_turns,
+                             deadline_s=args.time_budget if args.device_run else None)
     if 1 in stages:
         base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=args.feature_layer)
         shown = [make_mixed_example("train", i) for i in range(args.align_images)]

@@ -10,6 +10,7 @@ without gradients, and kept for later epochs.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class ProjectorConfig:
     decay_from: int | None = None  # from this step on, the learning rates fall linearly to 0 at `steps` (None: kept)
     resume_from: Path | None = None  # a previous run's `out`: continue from its snapshot up to `steps` in all
     resumed_steps: int | None = None  # steps behind that snapshot, when it has no trainer_state.pt to say so
+    deadline_s: float | None = None  # stop (with a snapshot and a validation) once this many seconds have passed
     rebalance: bool = False  # thin later turns whose answers are skewed against first turns (data.rebalance_turns)
     weight_first: bool = False  # weight each turn's loss toward the first turns' mix (data.first_turn_weights)
 
@@ -190,6 +192,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     records = _order(samples, cfg.seed)
     for _ in range(start * cfg.accumulate):  # the records the earlier steps took, so the order goes on as it was
         next(records)
+    began = time.monotonic()
     for step in range(start, cfg.steps):
         opt.zero_grad()
         losses = []
@@ -203,7 +206,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
             losses.append(float(total.detach()) / count)
         opt.step()
         schedule.step()
-        last = step + 1 == cfg.steps
+        last = step + 1 == cfg.steps or (cfg.deadline_s is not None and time.monotonic() - began >= cfg.deadline_s)
         measured = (validate(model, tokenizer, held_out, lambda x: features(x.image), n_visual, bf16)
                     if held_out and ((step + 1) % cfg.validate_every == 0 or last) else None)
         if on_step is not None:
@@ -213,6 +216,8 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
             if cfg.lora_rank > 0:
                 lora.save(lm, out / "lora.safetensors")
             _save_state(opt, step + 1, out / STATE)
+        if last:
+            break
     if cfg.lora_rank > 0:
         return out
     model.save_pretrained(out)
