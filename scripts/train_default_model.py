@@ -63,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 from atp_cli.data.mix import SOURCES, make_mixed_example, write_mixed_split  # noqa: E402
 from atp_cli.default_model import ARTIFACTS, artifact_paths, assemble_checkpoint  # noqa: E402
 from atp_cli.train.align import AlignConfig, align_projector  # noqa: E402
+from atp_cli.train.lora import export as export_lora  # noqa: E402
 from atp_cli.train.projector import ProjectorConfig, train_projector  # noqa: E402
 from atp_cli.train.trainer import StepLog, TrainConfig, train  # noqa: E402
 
@@ -224,7 +225,7 @@ def main() -> None:
                                  "lora_rank": args.lora_rank})
         stage2 = train_projector(start, data, args.work / "lora", cfg, on_step=log, validation=val)
         shutil.copyfile(stage2 / "projector.safetensors", projector)
-        shutil.copyfile(stage2 / "lora.safetensors", lora)
+        export_lora(stage2 / "lora.safetensors", lora)
     if 3 in stages:
         tuned = assemble_checkpoint(args.work / "tuned", projector, seed=args.seed,
                                     lora_path=lora if lora.is_file() else None)

@@ -36,6 +36,23 @@ def save(language_model: torch.nn.Module, path: Path) -> None:
     tmp.replace(path)
 
 
+def export(src: Path, dst: Path) -> Path:
+    """The artifact form of an adapter file: the factors in float16 (half the size; their rounding, about 5e-4
+    relative, is far below the q8_0 rounding of the merged weights), metadata kept; written atomically. Training
+    snapshots stay float32, so that a resumed run equals an uninterrupted one."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k).to(torch.float16).contiguous() for k in f.keys()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".part")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(dst)
+    return dst
+
+
 def load(language_model: torch.nn.Module, path: Path) -> int:
     """Copy the factors stored in `path` into the adapters `inject` added (same rank), to continue training them;
     returns how many tensors were loaded. Every adapter must be in the file, with its shape."""
