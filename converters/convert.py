@@ -7,6 +7,7 @@ the input folder is only ever read.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -76,6 +77,10 @@ def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOpti
         raise InputError(f"unknown output type {opts.outtype!r}; choose one of {', '.join(FTYPES)}")
     if opts.image_size is not None and (isinstance(opts.image_size, bool) or opts.image_size < 1):
         raise InputError(f"--image-size must be a positive integer, got {opts.image_size}")
+    if opts.llm_gguf is None:
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:  # llama.cpp's converter reads the checkpoint's language model with them
+            raise InputError(f"converting a llava-hf checkpoint needs {', '.join(missing)}: pip install 'atp[convert]'")
     ckpt = open_checkpoint(src)
     lay = layout(ckpt.vision)
     check_tensors(ckpt, lay.block, lay.block_map, n_blocks_run(ckpt), text=opts.llm_gguf is None)

@@ -143,3 +143,17 @@ def test_random_clip_tower_for_speed_runs_converts_without_torch(tmp_path):
     check_tensors(ckpt, lay.block, lay.block_map, n_blocks_run(ckpt), text=False)
     write_mmproj(ckpt, tmp_path / "mmproj.gguf", image_size=56, keep_cls=False)
     assert check_mmproj(tmp_path / "mmproj.gguf").n_tokens == 16
+
+
+def test_converting_a_checkpoint_without_the_convert_extra_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    from converters.convert import convert
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    from atp_cli.errors import InputError
+
+    with pytest.raises(InputError, match=r"atp\[convert\]"):
+        convert(tmp_path / "ckpt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
