@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from atp_cli.bench.cli import bench
-from atp_cli.cli_types import THREADS, FiniteRange, PathType
+from atp_cli.cli_types import THREADS, FiniteRange, PathType, comma_floats
 from atp_cli.errors import AtpError
 
 EXAMPLE_IMAGE = Path(__file__).resolve().parent / "examples" / "sunset.png"
@@ -164,11 +164,8 @@ def train(checkpoint: Path, data: Path, out: Path, budget: float, boundaries: st
     click.echo(f"ATP weights written to {out}")
 
 
-def _float_tuple(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError as e:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
+def _budgets(text: str) -> tuple[float, ...]:
+    values = tuple(comma_floats(text))
     if not values or any(not 0 < v < float("inf") for v in values):
         raise click.BadParameter(f"expected positive budgets, got {text!r}")
     return values
@@ -223,7 +220,7 @@ def calibrate(folder: Path, data: Path, budget: float, strides: str, limit: int,
     samples = load_samples(data)[:limit]
     config = PipelineConfig(context=ContextConfig(n_threads=threads))
     if points is not None:
-        _calibrate_operating_points(folder, [(s.image, s.question) for s in samples], _float_tuple(points), config)
+        _calibrate_operating_points(folder, [(s.image, s.question) for s in samples], _budgets(points), config)
         return
     with Pipeline.from_dir(folder, "atp-free", config) as pipe:
         existing = pipe.weights

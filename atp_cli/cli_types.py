@@ -28,3 +28,12 @@ class PathType(click.Path):
         if "\x00" in (value.decode(errors="replace") if isinstance(value, bytes) else str(value)):
             self.fail("a path cannot contain a NUL byte", param, ctx)
         return super().convert(value, param, ctx)
+
+
+def comma_floats(text: str) -> list[float]:
+    """'144,64,32' -> [144.0, 64.0, 32.0] (a comma-separated option value); a word that is no number is a usage
+    error naming the value."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from e

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,22 +52,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--debias", action="store_true", help="ATP relevance from the distance-debiased scores")
     args = ap.parse_args()
-    if args.debias:
-        import atp_cli.pruning.atp as atp_module
-        from atp_cli.pruning.scores import relevance_debiased
-
-        atp_module.relevance = lambda vv, tv, view=None: None  # replaced below with positions
-        original = atp_module.module_scores
-
-        def module_scores(view, config, n_visual):
-            s = original(view, config, n_visual)
-            r = relevance_debiased(view.attn_vv, view.attn_tv, view.query_pos, view.visual_pos)
-            return type(s)(r, s.spatial, s.rows, s.cols, s.alive_fraction)
-
-        atp_module.module_scores = module_scores
     examples = [make_example("val", i, KINDS[i % len(KINDS)]) for i in range(args.n)]
     cfg = PipelineConfig(context=ContextConfig(n_ctx=1024, n_threads=args.threads), max_tokens=1)
     with Pipeline.from_dir(args.model, "none", cfg) as pipe:
+        if args.debias and pipe.weights is not None:  # the stored modules, scored from debiased attention
+            pipe.weights = replace(pipe.weights, config=replace(pipe.weights.config, debias=True))
         for name in args.strategies.split(","):
             pipe.set_strategy(name)
             lift, rows = [], []
@@ -78,7 +68,7 @@ def main() -> None:
                 stages = list(r.stats.kept_raster)
                 if r.visual_in < GRID * GRID:  # a pre-LLM selection: its rows are the first "module"
                     prompt, _ = pipe.prompt(ex.image, ex.question)
-                    stages.insert(0, np.flatnonzero(prompt.visual_mask()) * 0 + _visual_raster(prompt))
+                    stages.insert(0, _visual_raster(prompt))
                 lift.append([np.isin(tgt, k).mean() / (len(k) / GRID**2) for k in stages])
                 rows.append([float(np.mean(np.asarray(k) // GRID)) for k in stages])
             lift_m, rows_m = np.mean(lift, 0), np.mean(rows, 0)

@@ -6,17 +6,10 @@ from pathlib import Path
 
 import click
 
-from atp_cli.cli_types import THREADS, FiniteRange, PathType
+from atp_cli.cli_types import THREADS, FiniteRange, PathType, comma_floats
 from atp_cli.paths import cache_dir
 
 DEFAULT_STRATEGIES = "none,atp,atp-free,hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,uniform,random"
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
 
 
 def _plans(strategies: list[str], budgets: list[float], atp_points: tuple[float, ...] = ()):
@@ -93,7 +86,7 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
 
     model_path, mmproj_path = find_pair(Path(model_dir))
     weights = read_atp(mmproj_path)
-    plans = _plans([s.strip() for s in strategies.split(",") if s.strip()], _floats(budgets),
+    plans = _plans([s.strip() for s in strategies.split(",") if s.strip()], comma_floats(budgets),
                    weights.budgets if weights is not None else ())
     rows = _split_rows(data, split, count, source, out)
     if not rows:
