@@ -142,3 +142,28 @@ def calibrate_thresholds(pipe, questions: Sequence[tuple], target: float, config
     level, value = bisect_level(measure, target, -8.0, -0.02, iterations)
     use(-level)
     return -level, value
+
+
+def budget_params(pipe, strategy: str, budget: float | None, calibration: Sequence[dict] = ()) -> dict:
+    """The parameters that make `strategy` meet an average visual-token `budget` on this Pipeline's model (None:
+    the strategy's own parameters). atp runs the mmproj's operating point for the budget, the fixed rules meet it
+    by construction, and hybrid and atp-free are calibrated on `calibration` (question records: image_path,
+    question)."""
+    from atp_cli.pruning.budget import FIXED_RULES, params_for_budget
+    from atp_cli.pruning.registry import DEFAULT_FREE_STRIDES
+
+    if budget is None or strategy == "none":
+        return {}
+    if strategy == "atp":  # a named operating point of the mmproj (refused there when it has none)
+        return {"budget": budget}
+    if strategy in FIXED_RULES:
+        return params_for_budget(strategy, budget, pipe.model.n_layer, pipe.n_visual)
+    if strategy in ("hybrid", "atp-free") and not calibration:
+        raise InputError(f"{strategy} at a chosen budget needs calibration questions (atp bench quality "
+                         "--calibration); without a budget it runs at its own levels")
+    questions = [(r["image_path"], r["question"]) for r in calibration]
+    if strategy == "hybrid":
+        return {"keep": calibrate_hybrid(pipe, questions, budget)[0]}
+    if strategy == "atp-free":
+        return {"mass": calibrate_pipeline(pipe, questions, budget, DEFAULT_FREE_STRIDES)[1].mass[0]}
+    raise InputError(f"no budget rule for strategy {strategy!r}")

@@ -315,6 +315,62 @@ def default_model(out: Path | None, force: bool, artifacts: Path | None) -> None
     click.echo(f"default model in {build_default_model(out or DEFAULT_DIR, force, artifacts or ARTIFACTS)}")
 
 
+@cli.command()
+@click.option("--model", "model_dir", type=PathType(path_type=Path),
+              help="A folder made by `atp convert` (default: the default model).")
+@click.option("--gguf", "gguf_file", type=PathType(path_type=Path),
+              help="A language-model GGUF from llama.cpp's ecosystem (with --mmproj; instead of --model).")
+@click.option("--mmproj", "mmproj_file", type=PathType(path_type=Path), help="Its vision projector GGUF.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Pipelines answering at once (each gets its share of the cores).")
+@click.option("--queue", "queue_size", type=click.IntRange(0, 10_000), default=8, show_default=True,
+              help="Requests that may wait for a worker; beyond them the answer is 429 with Retry-After.")
+@click.option("--strategy", default="atp", show_default=True, help="Default pruning strategy (a request's "
+              '"atp": {"strategy": ..., "budget": ...} overrides it).')
+@click.option("--budget", type=FiniteRange(0, min_open=True), help="Default average visual-token budget.")
+@click.option("--low-detail-budget", type=FiniteRange(0, min_open=True), default=64.0, show_default=True,
+              help='Budget for image parts with detail "low" (detail "high": every visual token).')
+@click.option("--allow-images", type=PathType(path_type=Path, exists=True, file_okay=False),
+              help="Folder whose files requests may name as images (default: data: URIs only).")
+@click.option("--max-image-bytes", type=click.IntRange(1), default=20 * 2**20, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=512, show_default=True,
+              help="The most a request may generate (and its default).")
+@click.option("--n-ctx", type=click.IntRange(64, 1 << 20), default=4096, show_default=True)
+@click.option("--threads", type=THREADS, default=0, help="CPU threads per worker (0: the cores shared out).")
+@click.option("--model-id", help="The model name clients use (default: the model folder's or file's name).")
+def serve(model_dir: Path | None, gguf_file: Path | None, mmproj_file: Path | None, host: str, port: int,
+          workers: int, queue_size: int, strategy: str, budget: float | None, low_detail_budget: float,
+          allow_images: Path | None, max_image_bytes: int, max_tokens: int, n_ctx: int, threads: int,
+          model_id: str | None) -> None:
+    """Serve the OpenAI chat-completions API (POST /v1/chat/completions, GET /v1/models, GET /health)."""
+    import uvicorn
+
+    from atp_cli.default_model import DEFAULT_DIR, build_default_model
+    from atp_cli.model_files import find_pair, model_pair
+    from atp_cli.pipeline import PipelineConfig
+    from atp_cli.runtime.context import ContextConfig
+    from atp_cli.server import close_served, open_served
+    from atp_cli.server.app import create_app
+    from atp_cli.server.images import ImagePolicy
+    from atp_cli.server.jobs import Pruning, ServeDefaults
+
+    pair = model_pair(model_dir, gguf_file, mmproj_file)
+    default_id = "atp-default" if pair is None else (model_dir.name if model_dir is not None else gguf_file.stem)
+    pair = pair or find_pair(build_default_model(DEFAULT_DIR))
+    defaults = ServeDefaults(pruning=Pruning(strategy, budget), low_detail_budget=low_detail_budget,
+                             max_tokens=max_tokens, images=ImagePolicy(max_image_bytes, allow_images))
+    config = PipelineConfig(context=ContextConfig(n_ctx=n_ctx, n_threads=threads))
+    served = open_served(pair, model_id or default_id, workers, defaults, config, queue_size)
+    served.max_body_bytes = max_image_bytes * 4 // 3 + 2**20
+    try:
+        click.echo(f"serving {served.model_id} on http://{host}:{port}/v1 ({workers} worker(s))", err=True)
+        uvicorn.run(create_app(served), host=host, port=port, log_level="warning")
+    finally:
+        close_served(served)
+
+
 def _int_tuple(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None

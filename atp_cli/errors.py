@@ -19,6 +19,10 @@ class InputError(AtpError):
     """Arguments that would make llama.cpp assert: bad layer ranges, positions, keep sets, shapes."""
 
 
+class ContextLengthError(InputError):
+    """A prompt (with the room asked for its answer) longer than the context."""
+
+
 class DecodeError(AtpError):
     """llama_decode returned an error code."""
 

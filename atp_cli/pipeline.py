@@ -25,7 +25,7 @@ from PIL import Image
 
 from atp_cli.driver import PrefillStats, SegmentedDecoder
 from atp_cli.embedding_cache import DEFAULT_BYTES, EmbeddingCache, image_key
-from atp_cli.errors import InputError, UsageError
+from atp_cli.errors import ContextLengthError, InputError, UsageError
 from atp_cli.generation import stream_text
 from atp_cli.image_input import load_image
 from atp_cli.model_files import find_pair
@@ -135,7 +135,7 @@ class Pipeline(Closeable):
             raise UsageError("this Pipeline is already answering a question (another thread, or an unfinished "
                              "stream); use one Pipeline per thread")
         try:
-            if getattr(owner, "messages", None) and self._owner is not owner:
+            if getattr(owner, "turns", 0) and self._owner is not owner:
                 raise UsageError("another conversation or question has used this Pipeline since this "
                                  "conversation's last turn; start it again (set_image) or give it its own Pipeline")
             self._owner = owner
@@ -177,23 +177,27 @@ class Pipeline(Closeable):
         self.strategy = strategy
         self._owner = None  # turns pruned by the previous strategy are not continued by this one
 
-    def prompt(self, image: ImageSource | None, question: str) -> tuple[Prompt, float]:
-        """The prompt for one image and question (no image: the question alone), and the seconds spent encoding."""
+    def prompt(self, image: ImageSource | None, question: str, history: list[dict] | None = None,
+               max_tokens: int | None = None) -> tuple[Prompt, float]:
+        """The prompt for one image and question (no image: the question alone) after `history` (e.g. a system
+        message), and the seconds spent encoding; refused when it leaves no room for `max_tokens` (default: the
+        configured maximum) in the context."""
         check_question(question)
         if image is None:
-            prompt, seconds = self.chat.text_prompt(question), 0.0
+            prompt, seconds = self.chat.text_prompt(question, history), 0.0
         else:
             t0 = time.perf_counter()
             rows = self.encode(load_image(image))
             seconds = time.perf_counter() - t0
-            prompt = self.chat.image_prompt(rows, question)
+            prompt = self.chat.image_prompt(rows, question, history)
             if is_pre_llm(self.strategy):
                 prompt = _preselect(prompt, self.strategy, self.question_embeddings(question))
         n_ctx = self.decoder.contexts[0].n_ctx
-        if len(prompt) + self.config.max_tokens > n_ctx:
+        max_tokens = self.config.max_tokens if max_tokens is None else max_tokens
+        if len(prompt) + max_tokens > n_ctx:
             asked = self.config.context.n_ctx
             note = f" (n_ctx {asked}, which llama.cpp rounds up to a multiple of 256)" if asked != n_ctx else ""
-            raise InputError(f"prompt of {len(prompt)} tokens + {self.config.max_tokens} to generate does not fit "
+            raise ContextLengthError(f"prompt of {len(prompt)} tokens + {max_tokens} to generate does not fit "
                              f"the context of {n_ctx} tokens{note}")
         return prompt, seconds
 
@@ -212,10 +216,11 @@ class Pipeline(Closeable):
             rows = self.embeddings.put(key, self.encoder.encode(image))
         return rows
 
-    def prefill_image(self, image: ImageSource | None, question: str) -> np.ndarray:
+    def prefill_image(self, image: ImageSource | None, question: str, history: list[dict] | None = None,
+                      max_tokens: int | None = None) -> np.ndarray:
         """Start a conversation: encode, build the prompt, prefill with pruning; returns the next-token logits.
         Without an image the question alone is prefilled (what a model that does not look answers)."""
-        prompt, encode_seconds = self.prompt(image, question)
+        prompt, encode_seconds = self.prompt(image, question, history, max_tokens)
         self.decoder.reset()
         keep = self.strategy if self.decoder.boundaries and image is not None else None
         logits = self.decoder.prefill(prompt, keep)

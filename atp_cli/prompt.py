@@ -77,19 +77,39 @@ class ChatFormat:
         spans.append(Span.text(self.tokenize(after, inside=after_inside)))
         return Prompt(tuple(spans))
 
-    def text_prompt(self, question: str) -> Prompt:
+    def text_prompt(self, question: str, history: list[dict] | None = None) -> Prompt:
         """Prompt for a user turn with no image: the blind baseline asks the same question this way."""
-        text = self.render([{"role": "user", "content": question}])
+        text = self.render([*(history or []), {"role": "user", "content": question}])
         return Prompt((Span.text(self.tokenize(text, add_special=not _strip(text).startswith(self.bos))),))
 
     def follow_up(self, history: list[dict], question: str) -> np.ndarray:
         """Token ids that continue a conversation whose turns so far are `history` (text-only turn)."""
-        turns = [*history, {"role": "user", "content": question}]
+        return self._appended(history, {"role": "user", "content": question}, after_prompt=False)
+
+    def answer_turn(self, history: list[dict], answer: str) -> np.ndarray:
+        """Token ids of an assistant turn the template closes, fed after `history` and its generation prompt: how a
+        transcript's earlier answers enter the caches when a conversation is rebuilt from it."""
+        return self._appended(history, {"role": "assistant", "content": answer}, after_prompt=True)
+
+    def _appended(self, history: list[dict], message: dict, after_prompt: bool) -> np.ndarray:
+        """render(history + [message]) minus what the caches already hold: render(history), with its generation
+        prompt when `after_prompt`. A template that rewrites earlier turns instead of appending is refused."""
+        turns = [*history, message]
         wrap = self.needs_wrapping(turns)
-        full = self.render(turns, wrap=wrap)
-        done = self.render(history, add_generation_prompt=False, wrap=wrap)
+        full = self.render(turns, add_generation_prompt=not after_prompt, wrap=wrap)
+        done = self.render(history, add_generation_prompt=after_prompt, wrap=wrap)
         if not full.startswith(done):
             raise ModelError("the chat template does not extend conversations by appending")
+        return self._suffix_tokens(done, full)
+
+    def _suffix_tokens(self, done: str, full: str) -> np.ndarray:
+        """Tokens of `full` after those of its prefix `done`, as a tokenizer reading the whole conversation makes
+        them: the appended text alone would start a fresh tokenization (SentencePiece vocabularies, Llama 2 and
+        Vicuna among them, would put a word-start space in front of it). When tokens merge across the seam, the
+        appended text is tokenized on its own."""
+        done_ids, full_ids = self.tokenize(done), self.tokenize(full)
+        if len(full_ids) > len(done_ids) and np.array_equal(full_ids[:len(done_ids)], done_ids):
+            return full_ids[len(done_ids):]
         return self.tokenize(full[len(done):])
 
 

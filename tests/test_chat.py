@@ -13,6 +13,7 @@ from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from atp_cli.cli import cli  # noqa: E402
+from atp_cli.errors import InputError  # noqa: E402
 from atp_cli.pipeline import Pipeline, PipelineConfig  # noqa: E402
 from atp_cli.runtime.context import ContextConfig  # noqa: E402
 from tests.test_pipeline import folder, images  # noqa: E402,F401
@@ -117,3 +118,41 @@ def test_ctrl_c_at_the_prompt_and_during_an_answer(folder, image_file, monkeypat
         assert "[stopped; that question is forgotten]" in out
         assert [m["role"] for m in session.conv.messages] == ["user", "assistant"]
         assert session.conv.messages[1]["content"] == reference
+
+
+def test_a_conversation_rebuilt_from_its_transcript_equals_one_prefill_of_it(folder):  # noqa: F811
+    """load() feeds the transcript turn by turn; without pruning the caches then hold exactly what one prefill of the
+    whole rendered conversation holds (the image rows spliced in at the first user turn), so the next answer's
+    logits are equal."""
+    from atp_cli.prompt import IMAGE_MARKER
+    from atp_cli.prompt_input import Prompt, Span
+
+    cfg = PipelineConfig(context=ContextConfig(n_ctx=512), max_tokens=5)
+    img = images(1, seed=6)[0]
+    q1, a1, q2 = "what is in the picture", "a red square", "and the colour"
+    with Pipeline.from_dir(folder, "none", cfg) as pipe:
+        conv = pipe.conversation()
+        conv.set_image(img, "be brief")
+        conv.load([{"role": "user", "content": q1}, {"role": "assistant", "content": a1}])
+        turn = pipe.chat.follow_up(conv.messages, q2)
+        loaded = pipe.decoder.extend(turn)
+        n_loaded = pipe.decoder.next_pos
+
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"{IMAGE_MARKER}\n{q1}"},
+                    {"role": "assistant", "content": a1}, {"role": "user", "content": q2}]
+        before, after = pipe.chat.render(messages).split(IMAGE_MARKER)
+        whole = Prompt((Span.text(pipe.chat.tokenize(before, add_special=True)), Span.image(pipe.encode(img)),
+                        Span.text(pipe.chat.tokenize(after))))
+        pipe.decoder.reset()
+        once = pipe.decoder.prefill(whole)
+        assert pipe.decoder.next_pos == n_loaded
+        np.testing.assert_allclose(loaded, once, rtol=1e-4, atol=1e-4)
+        # a malformed transcript is refused before anything is fed, and the conversation stays usable
+        conv.set_image(img)
+        for bad in ([{"role": "user", "content": q1}], [{"role": "assistant", "content": a1}] * 2,
+                    [{"role": "user", "content": q1}, {"role": "assistant", "content": None}]):
+            with pytest.raises(InputError):
+                conv.load(bad)
+        assert conv.turns == 0
+        answer = "".join(conv.ask(q1))
+        assert conv.turns == 1 and answer == pipe(img, q1).text

@@ -30,12 +30,11 @@ from atp_cli.bench.fidelity import kl_divergence, mean_interval, paired_differen
 from atp_cli.bench.memory import PeakRss
 from atp_cli.bench.peer import StockLlava
 from atp_cli.bench.records import RunStore
-from atp_cli.calibration import calibrate_hybrid, calibrate_pipeline
+from atp_cli.calibration import budget_params
 from atp_cli.data.scenes import exact_match, normalise
 from atp_cli.errors import InputError
 from atp_cli.pipeline import Pipeline, Result
 from atp_cli.pruning.budget import FIXED_RULES, params_for_budget
-from atp_cli.pruning.registry import DEFAULT_FREE_STRIDES
 
 PEER = "stock llama-cpp-python"
 BLIND = "blind (no image)"
@@ -167,29 +166,6 @@ def paired_retention(correct: Sequence[bool], reference: Sequence[bool], confide
     return point, ((low, high) if np.isfinite([low, high]).all() and low < high else None)
 
 
-def strategy_params(pipe: Pipeline, plan: Plan, calibration: Sequence[dict]) -> dict:
-    """The parameters that make `plan.strategy` meet `plan.budget` on this model."""
-    if plan.budget is None or plan.strategy == "none":
-        return {}
-    if plan.strategy == "atp":  # a named operating point of the mmproj (refused there when it has none)
-        return {"budget": plan.budget}
-    n_layer, n_visual = pipe.model.n_layer, pipe.n_visual
-    if plan.strategy in FIXED_RULES:
-        return params_for_budget(plan.strategy, plan.budget, n_layer, n_visual)
-    if plan.strategy == "hybrid":
-        if not calibration:
-            raise InputError("hybrid at a chosen budget needs calibration questions (--calibration)")
-        keep, _ = calibrate_hybrid(pipe, [(r["image_path"], r["question"]) for r in calibration], plan.budget)
-        return {"keep": keep}
-    if plan.strategy == "atp-free":
-        if not calibration:
-            raise InputError("atp-free at a chosen budget needs calibration questions (--calibration)")
-        questions = [(r["image_path"], r["question"]) for r in calibration]
-        _, cal = calibrate_pipeline(pipe, questions, plan.budget, DEFAULT_FREE_STRIDES)
-        return {"mass": cal.mass[0]}
-    raise InputError(f"no budget rule for strategy {plan.strategy!r}")
-
-
 @dataclass(frozen=True)
 class _Entry:
     """A row of the run: how it answers one question."""
@@ -231,7 +207,7 @@ def _peer_entry(peer: StockLlava, n_visual: int) -> _Entry:
 
 def plan_params(pipe: Pipeline, plans: Sequence[Plan], calibration: Sequence[dict]) -> dict[str, dict]:
     """Each plan's strategy parameters on this model (calibrated where the budget needs it)."""
-    return {p.key: strategy_params(pipe, p, calibration) for p in plans}
+    return {p.key: budget_params(pipe, p.strategy, p.budget, calibration) for p in plans}
 
 
 def run_quality(pipe: Pipeline, rows: Sequence[dict], plans: Sequence[Plan], peer: StockLlava | None = None,
