@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
+
 from atp_cli.errors import ContextLengthError, InputError
 from atp_cli.generation import stream_text
 from atp_cli.image_input import load_image
@@ -106,9 +108,21 @@ class Conversation:
             yield piece
         self.last_completion_tokens = dec.next_pos - self.last_prompt_tokens
         self.finish_reason = "stop" if dec.stop_token is not None else "length"
-        if dec.stop_token is not None:  # close the turn in the cache
-            dec.extend([dec.stop_token])
-        self.messages.append({"role": "assistant", "content": "".join(answer)})
+        text = "".join(answer)
+        closing = self._closing(dec, text)
+        if len(closing):
+            dec.extend(closing)
+        self.messages.append({"role": "assistant", "content": text})
+
+    def _closing(self, dec, text: str) -> np.ndarray:
+        """What closes the answer in the caches: the rest of the template's assistant turn after the tokens
+        generated (so the caches hold what a transcript of this conversation renders to, and a conversation rebuilt
+        from it with `load` continues the same), else the end-of-turn token the model sampled."""
+        turn = self.pipe.chat.answer_turn(self.messages, text)
+        generated = np.asarray(dec.generated, np.int32)
+        if len(turn) > len(generated) and np.array_equal(turn[:len(generated)], generated):
+            return turn[len(generated):]
+        return np.asarray([] if dec.stop_token is None else [dec.stop_token], np.int32)
 
     def _feed_question(self, dec, question: str, max_tokens: int):
         """Prefill the first question with the image, or extend the caches with a later one; the next logits."""

@@ -85,6 +85,7 @@ class SegmentedDecoder(Closeable):
         self.next_pos = 0
         self.stats = PrefillStats()
         self.stop_token: int | None = None  # end-of-generation token of the last generate(), not fed
+        self.generated: list[int] = []  # the tokens the last generate() fed
 
     @property
     def boundaries(self) -> list[int]:
@@ -251,6 +252,7 @@ class SegmentedDecoder(Closeable):
 
         The end-of-generation token is not fed; it is left in `stop_token` (None when max_tokens ended it)."""
         self.stop_token = None
+        self.generated = []
         for _ in range(max_tokens):
             token = sampler.sample(logits)
             if self.model.is_eog(token):
@@ -258,6 +260,7 @@ class SegmentedDecoder(Closeable):
                 return
             yield token
             logits = self.extend([token])
+            self.generated.append(token)
 
     # -- accounting -------------------------------------------------------------------------------
 

@@ -156,3 +156,4 @@ def test_a_conversation_rebuilt_from_its_transcript_equals_one_prefill_of_it(fol
         assert conv.turns == 0
         answer = "".join(conv.ask(q1))
         assert conv.turns == 1 and answer == pipe(img, q1).text
+
