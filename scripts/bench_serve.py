@@ -122,6 +122,15 @@ def main() -> None:
         server = psutil.Process(proc.pid)
         rss_before = server.memory_info().rss
         results: list[dict] = []
+        samples: list[float] = []  # the server's RSS, sampled through the run (MiB)
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(0.5):
+                samples.append(server.memory_info().rss / 2**20)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client_run, args=(c, model, i, args.requests, images, results))
                    for i in range(args.clients)]
@@ -130,6 +139,8 @@ def main() -> None:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        sampling.set()
+        sampler.join()
         rss_after = server.memory_info().rss
         health = httpx.get(f"{base}/health").json()
     finally:
@@ -150,20 +161,23 @@ def main() -> None:
         "latency_p50_s": percentile(lat, 0.5), "latency_p90_s": percentile(lat, 0.9),
         "latency_p99_s": percentile(lat, 0.99), "ttft_p50_s": statistics.median(ttft) if ttft else None,
         "continued_from_caches": sum(bool(r.get("reused")) for r in ok),
-        "rss_before_mib": rss_before / 2**20, "rss_after_mib": rss_after / 2**20, "health": health,
+        "rss_before_mib": rss_before / 2**20, "rss_after_mib": rss_after / 2**20,
+        "rss_first_half_max_mib": max(samples[:len(samples) // 2], default=0.0),
+        "rss_second_half_max_mib": max(samples[len(samples) // 2:], default=0.0), "health": health,
         "machine": machine(), "commit": commit(), "cpu_count": os.cpu_count(),
     }
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
     print("| clients x requests | workers / queue | statuses | 5xx | latency p50 / p90 / p99 (s) | time to first "
           "token p50 (s) | throughput (req/s) | follow-ups continued from the caches | server RSS after warm-up -> "
-          "after (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "after (MiB) | RSS peak, first / second half of the run (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     statuses = ", ".join(f"{s}: {n}" for s, n in sorted(by_status.items()))
     print(f"| {args.clients} x {args.requests} | {args.workers} / {args.queue} | {statuses} | "
           f"{figures['server_errors']} | {figures['latency_p50_s']:.2f} / {figures['latency_p90_s']:.2f} / "
           f"{figures['latency_p99_s']:.2f} | {figures['ttft_p50_s'] or 0:.2f} | {figures['throughput_rps']:.2f} | "
-          f"{figures['continued_from_caches']} | {figures['rss_before_mib']:.0f} -> {figures['rss_after_mib']:.0f} |")
+          f"{figures['continued_from_caches']} | {figures['rss_before_mib']:.0f} -> {figures['rss_after_mib']:.0f} | "
+          f"{figures['rss_first_half_max_mib']:.0f} / {figures['rss_second_half_max_mib']:.0f} |")
     if figures["server_errors"]:
         raise SystemExit(f"{figures['server_errors']} requests failed with a server error")
 

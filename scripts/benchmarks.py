@@ -92,6 +92,16 @@ SECTIONS = [
             [PY, "scripts/bench_module_cost.py", "--runs", "5"],
             "Everything between the captured attention and the keep set (cell-to-position mapping, scores, SAP, "
             "threshold MLP, keep rule), median over modules and runs, against one decoder layer of SmolLM2-135M."),
+    Section("serve", "`atp serve` under load",
+            [PY, "scripts/bench_serve.py", "--clients", "8", "--requests", "25", "--json", "docs/bench/serve/serve.json"],
+            "`atp serve` with the default model (1 worker, a queue of 8, answers of at most 8 tokens) and 8 concurrent "
+            "clients of the `openai` package sending 25 requests each on loopback: a question about one of the three "
+            "example images, every third a follow-up turn of the client's previous conversation. Latency counts from "
+            "the request to the whole answer, so it includes the wait behind the other clients' requests (one worker "
+            "answers one request at a time); time to first token is the server's own figure. RSS is the server "
+            "process's, after a warm-up and after the run, and its peak sampled every 0.5 s in each half of the run. "
+            "Follow-ups rarely find their conversation in the caches here: the one worker has answered another "
+            "client's question since, so they are rebuilt from their transcripts."),
     Section("convert_memory", "Memory of `atp convert`",
             [PY, "scripts/bench_convert_memory.py", "--layers", "2,4,8", "--outtype", "q4_k_m"],
             "Synthetic llava-hf checkpoints with LLaVA-1.5-7B's tensor shapes and 2, 4 or 8 decoder layers; peaks sampled "
