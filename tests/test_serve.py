@@ -332,3 +332,32 @@ def test_the_serve_command(folder, tmp_path):  # noqa: F811
     finally:
         proc.terminate()
         assert proc.wait(60) is not None
+
+
+def test_two_workers_answer_at_once_and_follow_ups_find_their_conversation(folder):  # noqa: F811
+    with serving(folder, workers=2, queue=0, max_tokens=300) as url:
+        c = client(url)
+        chats = {seed: [user("what is in the picture", picture(seed))] for seed in (11, 12)}
+        for messages in chats.values():  # each conversation's first turn lands on a free worker
+            out = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
+            messages.append({"role": "assistant", "content": out.choices[0].message.content})
+        for messages in chats.values():  # each follow-up goes to the worker whose caches hold its conversation
+            out = c.chat.completions.create(model=MODEL, messages=[*messages, user("and the colour")], max_tokens=8)
+            assert out.model_dump()["atp"]["prefill_reused"] is True
+        body = {"model": MODEL, "messages": [user("how many shapes", picture(18))], "max_tokens": 300, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as one, \
+                httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as two:
+            # with no queue, a second request while the first is held would be refused unless a second worker took it
+            assert one.status_code == two.status_code == 200
+            texts = [_streamed_text(r) for r in (one, two)]
+            assert texts[0] == texts[1] and texts[0]
+
+
+def _streamed_text(response) -> str:
+    """The answer an SSE response streams (its chunks' content deltas), checked to end with [DONE]."""
+    import json
+
+    data = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return "".join(json.loads(d)["choices"][0]["delta"].get("content") or "" for d in data[:-1]
+                   if json.loads(d)["choices"])
