@@ -161,11 +161,41 @@ def test_budget_schedule_hits_the_token_layer_ratio():
 
 def test_speed_rows_compare_stock_and_atp_side_by_side(folder):
     model, mmproj = find_pair(folder)
-    res = bench_files(model, mmproj, runs=1, threads=1, budget=24.0, n_decode=4)
-    stock, limit, atp = res["rows"]
+    res = bench_files(model, mmproj, runs=2, threads=1, budgets=(24.0,), n_decode=4)
+    stock, limit, atp, hybrid = res["rows"]
     assert stock["visual_in"] == N_VISUAL and limit["visual_in"] == 24 and atp["visual_in"] == N_VISUAL
-    assert atp["tokens_avg"] == pytest.approx(24.0)
+    assert atp["tokens_avg"] == pytest.approx(24.0) and hybrid["tokens_avg"] == pytest.approx(24.0)
+    assert hybrid["config"].startswith("hybrid") and hybrid["visual_in"] == 48  # CDPruner keeps twice the budget
+    assert all(r["ttft_spread"] >= 0 for r in res["rows"])
     assert stock["prefill_vs_stock"] == 1.0 and atp["kv_vs_stock"] < 1.0 and limit["kv_vs_stock"] < 1.0
     assert atp["kv_prompt_vs_stock"] < atp["kv_vs_stock"]  # decoded tokens are never pruned
     assert all(r["kv_prompt_mib"] < r["kv_used_mib"] for r in res["rows"])
     assert all(r["encode_s"] > 0 and r["ttft_s"] >= r["prefill_s"] for r in res["rows"])
+
+
+def test_contention_watch_sees_another_busy_process():
+    """A process spinning beside the measured code is counted as contention and warned about."""
+    import multiprocessing as mp
+    import time
+
+    from atp_cli.bench.contention import ContentionWatch, spread
+
+    with ContentionWatch() as quiet:
+        time.sleep(0.3)
+    spinner = mp.get_context("spawn").Process(target=_spin, args=(3.0,))
+    spinner.start()
+    time.sleep(0.5)  # started (a spawned interpreter takes a moment)
+    with ContentionWatch() as busy:  # left before the spinner is waited for: its CPU time is another process's
+        time.sleep(1.5)
+    spinner.join()
+    assert busy.result.others_share > quiet.result.others_share
+    assert busy.result.others_share > 0.2 and any("other processes" in w for w in busy.result.warnings())
+    assert spread([1.0, 1.1, 0.9]) == pytest.approx(0.2)
+
+
+def _spin(seconds: float) -> None:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass

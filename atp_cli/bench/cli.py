@@ -123,33 +123,43 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
 
 @bench.command()
 @click.option("--shapes", default="7b,1b", show_default=True, help="Random-weight model shapes: 7b, 1b.")
-@click.option("--budget", type=FiniteRange(0, min_open=True), default=144.0, show_default=True,
-              help="Average visual tokens of the atp row.")
+@click.option("--budgets", default="144,64,32", show_default=True,
+              help="Average visual tokens of the pruned rows (comma-separated).")
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Runs per configuration (medians).")
 @click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
 @click.option("--workdir", type=PathType(path_type=Path), default=cache_dir("bench"),
               show_default=True, help="Where the random GGUFs are built once and kept.")
 @click.option("--out", type=PathType(path_type=Path), default=Path("bench-out"), show_default=True)
-def speed(shapes: str, budget: float, runs: int, threads: int, workdir: Path, out: Path) -> None:
-    """Speed only (random weights): stock llama.cpp vs atp at real model shapes, image encoding included."""
+def speed(shapes: str, budgets: str, runs: int, threads: int, workdir: Path, out: Path) -> None:
+    """Speed only (random weights): stock llama.cpp vs atp and the hybrid at real model shapes, image encoding
+    included; the load and CPU steal during the run are recorded, with a warning when they show contention."""
     from tqdm import tqdm
 
     from atp_cli.bench import report
-    from atp_cli.bench.speed import SHAPES, bench_shape
+    from atp_cli.bench.contention import SPREAD_LIMIT, ContentionWatch
+    from atp_cli.bench.speed import N_VISUAL, SHAPES, bench_shape, n_configs
 
     keys = [s.strip() for s in shapes.split(",") if s.strip()]
     if not keys or any(k not in SHAPES for k in keys):
         raise click.BadParameter(f"--shapes takes {', '.join(SHAPES)}, got {shapes!r}")
-    if runs < 1:
-        raise click.BadParameter("--runs must be at least 1")
+    targets = tuple(comma_floats(budgets))
+    if not targets or any(not 1 <= b <= N_VISUAL for b in targets):
+        raise click.BadParameter(f"--budgets takes visual-token averages in 1..{N_VISUAL}, got {budgets!r}")
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
-    with tqdm(total=3 * runs * len(keys), desc="atp bench speed", unit="run") as bar:
+    total = runs * sum(n_configs(targets, SHAPES[k][0].n_layer) for k in keys)
+    with ContentionWatch() as watch, tqdm(total=total, desc="atp bench speed", unit="run") as bar:
         for key in keys:
             bar.set_postfix_str(f"{key}: building or loading the random model")
-            results.append(bench_shape(key, workdir, runs, threads, budget, on_run=lambda name: bar.update()))
-    payload = {"machine": report.machine(), "commit": report.commit(), "results": results}
+            results.append(bench_shape(key, workdir, runs, threads, targets, on_run=lambda name: bar.update()))
+    warnings = watch.result.warnings() + [
+        f"{r['shape']} {row['config']}: its runs spread by {row['ttft_spread']:.0%} of their median"
+        for r in results for row in r["rows"] if row["ttft_spread"] > SPREAD_LIMIT]
+    payload = {"machine": report.machine(), "commit": report.commit(), "contention": watch.result.as_dict(),
+               "warnings": warnings, "results": results}
     report.write_json(out / "speed.json", payload)
-    text = "\n\n".join(report.speed_table(r) for r in results)
+    text = "\n\n".join(report.speed_table(r) for r in results) + "\n\n" + report.contention_line(payload)
     report.write_atomic(out / "speed.md", text + "\n")
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     click.echo(f"\n{report.machine()}\n\n{text}\n\nwrote {out / 'speed.json'}, {out / 'speed.md'}")

@@ -159,16 +159,26 @@ def speed_table(res: dict) -> str:
         "",
         "| config | avg visual tokens | tokens into LLM | encode s | prefill s | prefill speed-up | TTFT s "
         "| TTFT speed-up | decode tok/s | decode / stock | KV after prompt MiB | / stock | KV after decode MiB | / stock "
-        "| peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS MiB | TTFT spread of the runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(
             f"| {r['config']} | {r['tokens_avg']:.0f} | {r['visual_in']} | {r['encode_s']:.2f} | {r['prefill_s']:.2f} "
             f"| {r['prefill_vs_stock']:.2f}x | {r['ttft_s']:.2f} | {r['ttft_vs_stock']:.2f}x | {r['decode_tok_s']:.2f} "
             f"| {r['decode_vs_stock']:.2f} | {r['kv_prompt_mib']:.1f} | {r['kv_prompt_vs_stock']:.2f} "
-            f"| {r['kv_used_mib']:.1f} | {r['kv_vs_stock']:.2f} | {r['peak_rss_mib']:.0f} |")
+            f"| {r['kv_used_mib']:.1f} | {r['kv_vs_stock']:.2f} | {r['peak_rss_mib']:.0f} "
+            f"| {r.get('ttft_spread', 0.0):.0%} |")
     return "\n".join(lines)
+
+
+def contention_line(payload: dict) -> str:
+    """How quiet the machine was during the run, and its warnings."""
+    c = payload["contention"]
+    line = (f"Load average {c['load_start']:.2f} at the start, {c['load_end']:.2f} at the end; other processes used "
+            f"{c['others_share']:.1%} of the CPU and the hypervisor stole {c['steal_share']:.1%} over the "
+            f"{c['seconds'] / 60:.0f} minutes of the run.")
+    return "\n".join([line, *(f"\n**Warning:** {w}." for w in payload.get("warnings", []))])
 
 
 def quality_plots(rows: list[dict], out_dir: Path, title: str) -> list[Path]:

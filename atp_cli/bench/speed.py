@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from atp_cli.bench.contention import spread
 from atp_cli.bench.memory import PeakRss
 from atp_cli.driver import SegmentedDecoder
 from atp_cli.pruning.base import ModuleInput
+from atp_cli.pruning.cdpruner import CDPruner
 from atp_cli.prompt_input import Prompt, Span
 from atp_cli.pruning.config import default_boundaries
 from atp_cli.runtime.context import ContextConfig
@@ -73,6 +75,14 @@ def budget_schedule(n_layer: int, ratio: float) -> Schedule:
     if not 0 < k <= 1:
         raise ValueError(f"a token-layer ratio of {ratio} cannot be met after layer {bounds[0]} of {n_layer}")
     return Schedule(f"atp schedule {ratio:.0%}", bounds, tuple(k / 2**i for i in range(len(bounds))))
+
+
+def hybrid_plan(n_layer: int, n_visual: int, budget: float) -> tuple[int, Schedule]:
+    """The hybrid's shape at `budget`: CDPruner keeps twice the budget before the language model (all of them when
+    that is more than there are), then ATP's boundaries keep k, k/2, k/4 of those so that the average is `budget`."""
+    pre = min(n_visual, round(2 * budget))
+    schedule = budget_schedule(n_layer, budget / pre)
+    return pre, Schedule(f"hybrid: cdpruner {pre} + schedule", schedule.boundaries, schedule.keep)
 
 
 def random_model(workdir: Path, key: str, quant: str = "q4_k_m") -> Path:
@@ -153,13 +163,18 @@ def bench_image(seed: int = 0) -> Image.Image:
 
 @dataclass
 class SpeedConfig:
-    """One row: a decoder, its keep rule, and how many of the encoded visual rows enter the language model."""
+    """One row: a decoder, its keep rule, and how many of the encoded visual rows enter the language model (an
+    evenly spaced subset for the limit rows, CDPruner's selection for the hybrid: `pre`, timed with the rest)."""
 
     name: str
     decoder: SegmentedDecoder
     keep: Callable[[ModuleInput], np.ndarray] | None
     n_visual_in: int
     token_layer_ratio: float
+    pre: CDPruner | None = None
+    query: np.ndarray | None = None  # the question's token embeddings, for `pre`
+    budget: float | None = None  # the average it was built for (None: stock with every token)
+    kind: str = "stock"  # stock, limit, atp, hybrid
 
 
 def timed_ttft_run(cfg: SpeedConfig, encoder: ImageEncoder, image: Image.Image, text: tuple[np.ndarray, np.ndarray],
@@ -170,9 +185,18 @@ def timed_ttft_run(cfg: SpeedConfig, encoder: ImageEncoder, image: Image.Image, 
     t0 = time.perf_counter()
     rows = encoder.encode(image)
     t_enc = time.perf_counter()
-    if cfg.n_visual_in < len(rows):  # stock given fewer visual tokens: an evenly spaced subset
-        rows = rows[np.linspace(0, len(rows) - 1, cfg.n_visual_in).round().astype(int)]
-    logits = dec.prefill(Prompt((Span.text(text[0]), Span.image(rows), Span.text(text[1]))), cfg.keep)
+    spans = (Span.text(text[0]), Span.image(rows), Span.text(text[1]))
+    if cfg.pre is not None:  # the hybrid: selected before the language model, at their original positions
+        n0, n_image = len(text[0]), len(rows)
+        kept, idx = cfg.pre.select(rows, cfg.query)
+        positions = np.concatenate([np.arange(n0), n0 + idx, n0 + n_image + np.arange(len(text[1]))])
+        prompt = Prompt((spans[0], Span.image(kept), spans[2]), positions=positions.astype(np.int32), image_origin=n0)
+    elif cfg.n_visual_in < len(rows):  # stock given fewer visual tokens: an evenly spaced subset, as a user feeds it
+        subset = rows[np.linspace(0, len(rows) - 1, cfg.n_visual_in).round().astype(int)]
+        prompt = Prompt((spans[0], Span.image(subset), spans[2]))
+    else:
+        prompt = Prompt(spans)
+    logits = dec.prefill(prompt, cfg.keep)
     token = int(np.argmax(logits))
     t_first = time.perf_counter()
     kv_prompt = dec.kv_used_bytes()
@@ -184,32 +208,62 @@ def timed_ttft_run(cfg: SpeedConfig, encoder: ImageEncoder, image: Image.Image, 
             "kv_used_mib": dec.kv_used_bytes() / 2**20}
 
 
-def bench_shape(key: str, workdir: Path, runs: int, threads: int, budget: float,
+def bench_shape(key: str, workdir: Path, runs: int, threads: int, budgets: tuple[float, ...],
                 on_run: Callable[[str], None] | None = None) -> dict:
     """The random model of shape `key` (built once into `workdir`) with a random CLIP ViT-L/336 encoder."""
     shape, label = SHAPES[key]
     model_path = random_model(workdir, key)
     mmproj_path = random_clip_l_mmproj(workdir, shape.n_embd)
-    return {"shape": key, "label": label, **bench_files(model_path, mmproj_path, runs, threads, budget, on_run)}
+    return {"shape": key, "label": label, **bench_files(model_path, mmproj_path, runs, threads, budgets, on_run)}
 
 
-def bench_files(model_path: Path, mmproj_path: Path, runs: int, threads: int, budget: float,
+def n_configs(budgets: tuple[float, ...], n_layer: int, n_visual: int = N_VISUAL) -> int:
+    """Rows a run measures: stock, then per budget the limit row, atp's schedule where it can meet the budget
+    after its first boundary, and the hybrid."""
+    return 1 + sum(2 + _schedule_fits(n_layer, b / n_visual) for b in budgets)
+
+
+def _schedule_fits(n_layer: int, ratio: float) -> bool:
+    try:
+        budget_schedule(n_layer, ratio)
+        return True
+    except ValueError:
+        return False
+
+
+def _configs(model: LlamaModel, model_path: Path, n_visual: int, ctx: ContextConfig, budgets: tuple[float, ...],
+             question: np.ndarray) -> list[SpeedConfig]:
+    from atp_cli.token_embeddings import TokenEmbeddings
+
+    query = TokenEmbeddings(model_path).rows(question)
+    stock = lambda: SegmentedDecoder(model, (), ctx, readout=False, stock=True)  # noqa: E731
+    segmented = lambda s: SegmentedDecoder(model, s.boundaries, ctx, readout=True)  # noqa: E731
+    configs = [SpeedConfig("stock", stock(), None, n_visual, 1.0)]
+    for b in budgets:
+        configs.append(SpeedConfig(f"stock, {b:.0f} visual tokens in", stock(), None, round(b), b / n_visual,
+                                   budget=b, kind="limit"))
+        if _schedule_fits(model.n_layer, b / n_visual):
+            s = budget_schedule(model.n_layer, b / n_visual)
+            configs.append(SpeedConfig(s.name, segmented(s), s.keep_fn(n_visual), n_visual,
+                                       s.token_layer_ratio(model.n_layer), budget=b, kind="atp"))
+        pre, s = hybrid_plan(model.n_layer, n_visual, b)
+        configs.append(SpeedConfig(s.name, segmented(s), s.keep_fn(pre), pre,
+                                   s.token_layer_ratio(model.n_layer) * pre / n_visual, CDPruner(pre), query,
+                                   budget=b, kind="hybrid"))
+    return configs
+
+
+def bench_files(model_path: Path, mmproj_path: Path, runs: int, threads: int, budgets: tuple[float, ...],
                 on_run: Callable[[str], None] | None = None, n_decode: int = N_DECODE) -> dict:
-    """Stock (every visual token), stock given `budget` visual tokens (the limit), atp at an average of `budget`."""
+    """Stock (every visual token), and per budget: stock given that many visual tokens (the limit), atp's schedule
+    at that average, and the hybrid (CDPruner before the language model, the schedule inside it) at that average."""
     model = LlamaModel(model_path)
     encoder = ImageEncoder(mmproj_path, model, threads)
     n_visual = encoder.n_tokens()
     ctx = ContextConfig(n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=threads)
-    schedule = budget_schedule(model.n_layer, budget / n_visual)
-    configs = [
-        SpeedConfig("stock", SegmentedDecoder(model, (), ctx, readout=False, stock=True), None, n_visual, 1.0),
-        SpeedConfig(f"stock, {budget:.0f} visual tokens in", SegmentedDecoder(model, (), ctx, readout=False, stock=True),
-                    None, round(budget), budget / n_visual),
-        SpeedConfig(schedule.name, SegmentedDecoder(model, schedule.boundaries, ctx, readout=True),
-                    schedule.keep_fn(n_visual), n_visual, schedule.token_layer_ratio(model.n_layer)),
-    ]
     rng = np.random.default_rng(0)
     text = (rng.integers(3, model.n_vocab, N_BEFORE), rng.integers(3, model.n_vocab, N_AFTER))
+    configs = _configs(model, model_path, n_visual, ctx, budgets, text[1])
     image = bench_image()
     samples: dict[str, list[dict]] = {c.name: [] for c in configs}
     peaks = {c.name: 0.0 for c in configs}
@@ -231,8 +285,9 @@ def bench_files(model_path: Path, mmproj_path: Path, runs: int, threads: int, bu
     rows = []
     for c in configs:
         med = {k: statistics.median(s[k] for s in samples[c.name]) for k in samples[c.name][0]}
-        rows.append({"config": c.name, "visual_in": c.n_visual_in, "tokens_avg": c.token_layer_ratio * n_visual,
-                     "peak_rss_mib": peaks[c.name], **med})
+        rows.append({"config": c.name, "kind": c.kind, "budget": c.budget, "visual_in": c.n_visual_in, "tokens_avg": c.token_layer_ratio * n_visual,
+                     "peak_rss_mib": peaks[c.name], "ttft_spread": spread([x["ttft_s"] for x in samples[c.name]]),
+                     **med})
     base = rows[0]
     for r in rows:
         r["prefill_vs_stock"] = base["prefill_s"] / r["prefill_s"]
@@ -240,5 +295,4 @@ def bench_files(model_path: Path, mmproj_path: Path, runs: int, threads: int, bu
         r["kv_prompt_vs_stock"] = r["kv_prompt_mib"] / base["kv_prompt_mib"]
         r["kv_vs_stock"] = r["kv_used_mib"] / base["kv_used_mib"]
         r["decode_vs_stock"] = r["decode_tok_s"] / base["decode_tok_s"]
-    return {"runs": runs, "threads": threads, "budget": budget, "n_visual": n_visual,
-            "schedule": {"boundaries": schedule.boundaries, "keep": schedule.keep}, "rows": rows}
+    return {"runs": runs, "threads": threads, "budgets": list(budgets), "n_visual": n_visual, "rows": rows}
