@@ -91,7 +91,8 @@ def demo(image: Path, question: str, keep_ratio: float, layer: int, max_tokens: 
 @click.option("--outtype", default="q4_k_m", show_default=True,
               help="Language model type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s, "
                    "q4_k_m, q5_k_s, q5_k_m, q6_k.")
-@click.option("--mmproj-type", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
+@click.option("--mmproj-type", type=click.Choice(["f16", "f32", "q8_0"]), default="f16", show_default=True,
+              help="Vision tower + projector matrices (q8_0: half the size of f16, see docs/BENCHMARKS.md).")
 @click.option("--image-size", type=click.IntRange(1, 8192),
               help="Input size of the vision tower (default: the checkpoint's).")
 @click.option("--drop-cls", is_flag=True,
@@ -114,7 +115,7 @@ def convert(src: Path, out: Path | None, outtype: str, mmproj_type: str, image_s
         return
     if out is None:
         raise click.UsageError("give the output folder OUT")
-    opts = conv.ConvertOptions(outtype=outtype, mmproj_f16=mmproj_type == "f16", image_size=image_size,
+    opts = conv.ConvertOptions(outtype=outtype, mmproj_type=mmproj_type, image_size=image_size,
                                keep_cls=not drop_cls, force=force, atp=weights)
     for line in conv.convert(src, out, opts).lines():
         click.echo(line)

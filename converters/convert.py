@@ -32,7 +32,7 @@ from converters.quantize import FTYPES
 @dataclass(frozen=True)
 class ConvertOptions:
     outtype: str = "q4_k_m"
-    mmproj_f16: bool = True
+    mmproj_type: str = "f16"  # f16, f32 or q8_0 (converters.mmproj.MMPROJ_TYPES)
     image_size: int | None = None  # default: the checkpoint's
     keep_cls: bool = True
     force: bool = False
@@ -97,11 +97,11 @@ def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOpti
     summary = ConvertSummary()
     try:
         model_name = MODEL_FILE.format(outtype=opts.outtype if opts.llm_gguf is None else "given")
-        mmproj_name = MMPROJ_FILE.format(kind="f16" if opts.mmproj_f16 else "f32")
+        mmproj_name = MMPROJ_FILE.format(kind=opts.mmproj_type)
         with tqdm(total=3, desc="convert", unit="stage", leave=True) as bar:
             bar.set_postfix_str("vision tower + projector")
             extra = (lambda w: add_to_writer(w, opts.atp)) if opts.atp is not None else None
-            write_mmproj(ckpt, work / mmproj_name, image_size, opts.keep_cls, opts.mmproj_f16, extra)
+            write_mmproj(ckpt, work / mmproj_name, image_size, opts.keep_cls, opts.mmproj_type, extra)
             bar.update()
             bar.set_postfix_str(f"language model ({'convert + quantize' if opts.outtype not in ('f32', 'f16', 'bf16', 'q8_0') else 'convert'})")
             if opts.llm_gguf is not None:
@@ -115,7 +115,7 @@ def convert(src: str | Path, out: str | Path, opts: ConvertOptions = ConvertOpti
             bar.update()
         for name in (model_name, mmproj_name):
             summary.files[name] = (out / name).stat().st_size
-        summary.types = {model_name: opts.outtype, mmproj_name: ("f16" if opts.mmproj_f16 else "f32") +
+        summary.types = {model_name: opts.outtype, mmproj_name: opts.mmproj_type +
                          (" + atp" if opts.atp is not None else "")}
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -41,10 +41,20 @@ def projector_tensors(state: dict[str, np.ndarray], n_text: int) -> dict[str, np
     return {"mm.0.weight": w1, "mm.0.bias": b1, "mm.2.weight": w2, "mm.2.bias": b2}
 
 
-def _stored_dtype(name: str, arr: np.ndarray, f16: bool) -> np.ndarray:
-    """1-D tensors, position table and the identity of a linear projector stay F32; matrices may be F16."""
+MMPROJ_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # -> general.file_type (llama.cpp's ftype numbering)
+
+
+def _stored(name: str, arr: np.ndarray, dtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
+    """(data, raw type) of a tensor in an mmproj of `dtype`. 1-D tensors, the position table and the identity of a
+    linear projector stay F32; the patch embedding (a convolution) stays F16; with q8_0 the matrices the encoder
+    multiplies by (attention, MLP, projector) are Q8_0 where their rows split into 32-value blocks, else F16."""
     keep_f32 = arr.ndim < 2 or name == "v.position_embd.weight" or (name == "mm.2.weight" and arr.shape[0] == arr.shape[1])
-    return np.ascontiguousarray(arr, dtype=np.float32 if keep_f32 or not f16 else np.float16)
+    if keep_f32 or dtype == "f32":
+        return np.ascontiguousarray(arr, dtype=np.float32), None
+    if dtype == "q8_0" and arr.ndim == 2 and arr.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
+        q = gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
+        return q, gguf.GGMLQuantizationType.Q8_0
+    return np.ascontiguousarray(arr, dtype=np.float16), None
 
 
 def mmproj_tensors(ckpt: LlavaCheckpoint, image_size: int, keep_cls: bool) -> dict[str, np.ndarray]:
@@ -65,10 +75,10 @@ def mmproj_tensors(ckpt: LlavaCheckpoint, image_size: int, keep_cls: bool) -> di
     return out
 
 
-def add_mmproj_keys(w: gguf.GGUFWriter, ckpt: LlavaCheckpoint, image_size: int, f16: bool) -> None:
+def add_mmproj_keys(w: gguf.GGUFWriter, ckpt: LlavaCheckpoint, image_size: int, dtype: str) -> None:
     v = ckpt.vision
     w.add_string("general.name", f"{ckpt.path.name} mmproj")
-    w.add_uint32("general.file_type", 1 if f16 else 0)
+    w.add_uint32("general.file_type", MMPROJ_TYPES[dtype])
     w.add_bool("clip.has_vision_encoder", True)
     w.add_bool("clip.has_llava_projector", True)
     w.add_string("clip.projector_type", "mlp")
@@ -87,17 +97,21 @@ def add_mmproj_keys(w: gguf.GGUFWriter, ckpt: LlavaCheckpoint, image_size: int, 
     w.add_array("clip.vision.image_std", [float(x) for x in pre.get("image_std", _CLIP_STD)])
 
 
-def write_mmproj(ckpt: LlavaCheckpoint, path: Path, image_size: int, keep_cls: bool = True, f16: bool = True,
+def write_mmproj(ckpt: LlavaCheckpoint, path: Path, image_size: int, keep_cls: bool = True, dtype: str = "f16",
                  extra: Callable[[gguf.GGUFWriter], None] | None = None,
                  progress: Callable[[int], None] | None = None) -> None:
-    """Write the mmproj to `path` (the caller renames it into place). `extra` may add more keys/tensors."""
+    """Write the mmproj to `path` (the caller renames it into place), its matrices as `dtype` (f16, f32 or q8_0).
+    `extra` may add more keys/tensors."""
+    if dtype not in MMPROJ_TYPES:
+        raise ModelError(f"mmproj type {dtype!r} is not one of {', '.join(MMPROJ_TYPES)}")
     if image_size % ckpt.vision["patch_size"]:
         raise ModelError(f"image size {image_size} is not a multiple of the patch size {ckpt.vision['patch_size']}")
     tensors = mmproj_tensors(ckpt, image_size, keep_cls)
     w = gguf.GGUFWriter(path, "clip")
-    add_mmproj_keys(w, ckpt, image_size, f16)
+    add_mmproj_keys(w, ckpt, image_size, dtype)
     for name, arr in tensors.items():
-        w.add_tensor(name, _stored_dtype(name, arr, f16))
+        data, raw = _stored(name, arr, dtype)
+        w.add_tensor(name, data, raw_dtype=raw)
     if extra is not None:
         extra(w)
     w.write_header_to_file()

@@ -31,9 +31,9 @@ def checkpoints(tmp_path_factory):
     return built
 
 
-def converted(checkpoints, tmp_path_factory, tower: str, outtype: str, mmproj_f16: bool):
+def converted(checkpoints, tmp_path_factory, tower: str, outtype: str, mmproj_type: str):
     out = tmp_path_factory.mktemp("out") / f"{tower}-{outtype}"
-    convert(checkpoints[tower], out, ConvertOptions(outtype=outtype, mmproj_f16=mmproj_f16))
+    convert(checkpoints[tower], out, ConvertOptions(outtype=outtype, mmproj_type=mmproj_type))
     return find_pair(out)
 
 
@@ -59,19 +59,27 @@ def hf_image_features(folder, image) -> np.ndarray:
     return out.reshape(GRID * GRID, -1).numpy()
 
 
-@pytest.mark.parametrize("tower,f16", [("clip", False), ("clip", True), ("dinov2", True), ("siglip", True),
-                                       ("dinov2-layers", False)])
-def test_mmproj_embeddings_match_transformers(checkpoints, tmp_path_factory, tower, f16):
-    model_path, mmproj_path = converted(checkpoints, tmp_path_factory, tower, "f32", f16)
+@pytest.mark.parametrize("tower,mmproj_type", [("clip", "f32"), ("clip", "f16"), ("dinov2", "f16"), ("siglip", "f16"),
+                                               ("dinov2-layers", "f32"), ("clip", "q8_0"), ("dinov2", "q8_0")])
+def test_mmproj_embeddings_match_transformers(checkpoints, tmp_path_factory, tower, mmproj_type):
+    model_path, mmproj_path = converted(checkpoints, tmp_path_factory, tower, "f32", mmproj_type)
     image = sample_image()
     ref = hf_image_features(checkpoints[tower], image)
     with LlamaModel(model_path) as model, ImageEncoder(mmproj_path, model) as enc:
         got = enc.encode(image)
     scale = np.abs(ref).max()
-    # f32: only the tanh-approximated GELU differs; f16 weights add their rounding
-    tol = (3e-2 if f16 else 2e-3) * scale
+    # f32: only the tanh-approximated GELU differs; f16 weights add their rounding, q8_0 more
+    tol = {"f32": 2e-3, "f16": 3e-2, "q8_0": 6e-2}[mmproj_type] * scale
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= tol, (np.abs(got - ref).max(), scale)
+    cosine = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cosine.min() >= 0.995, cosine.min()
+    if mmproj_type == "q8_0":  # the matrices the encoder multiplies by are stored as Q8_0
+        import gguf
+
+        types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(mmproj_path).tensors}
+        assert types["mm.0.weight"] == "Q8_0" and types["v.blk.0.attn_q.weight"] == "Q8_0"
+        assert types["v.patch_embd.weight"] == "F16" and types["v.position_embd.weight"] == "F32"
 
 
 def hf_logits(folder, ids: list[int], image) -> np.ndarray:
@@ -91,7 +99,7 @@ def prompt_ids(folder) -> tuple[list[int], list[int], list[int]]:
 
 @pytest.mark.parametrize("outtype,atol", [("f32", 2e-3), ("f16", 2e-2)])
 def test_image_prompt_logits_match_transformers(checkpoints, tmp_path_factory, outtype, atol):
-    model_path, mmproj_path = converted(checkpoints, tmp_path_factory, "clip", outtype, False)
+    model_path, mmproj_path = converted(checkpoints, tmp_path_factory, "clip", outtype, "f32")
     image = sample_image(1)
     before, image_ids, after = prompt_ids(checkpoints["clip"])
     ref = hf_logits(checkpoints["clip"], before + image_ids + after, image)
@@ -105,7 +113,7 @@ def test_image_prompt_logits_match_transformers(checkpoints, tmp_path_factory, o
 
 
 def test_q8_0_logits_are_close(checkpoints, tmp_path_factory):
-    model_path, mmproj_path = converted(checkpoints, tmp_path_factory, "clip", "q8_0", True)
+    model_path, mmproj_path = converted(checkpoints, tmp_path_factory, "clip", "q8_0", "f16")
     image = sample_image(2)
     before, image_ids, after = prompt_ids(checkpoints["clip"])
     ref = hf_logits(checkpoints["clip"], before + image_ids + after, image)
@@ -119,7 +127,7 @@ def test_q8_0_logits_are_close(checkpoints, tmp_path_factory):
 
 
 def test_prompts_tokenize_identically(checkpoints, tmp_path_factory):
-    model_path, _ = converted(checkpoints, tmp_path_factory, "clip", "f32", True)
+    model_path, _ = converted(checkpoints, tmp_path_factory, "clip", "f32", "f16")
     tok = transformers.AutoTokenizer.from_pretrained(checkpoints["clip"])
     texts = ["USER: what is in the picture? ASSISTANT:", "how many red circles are there", "a cat  on\nthe left",
              "Zebra 42 ünïcode"]
@@ -159,5 +167,5 @@ def test_linear_projector_runs_exactly_through_the_mlp_graph(checkpoints, tmp_pa
 
 
 def find_pair_after(src, out):
-    convert(src, out, ConvertOptions(outtype="f32", mmproj_f16=False))
+    convert(src, out, ConvertOptions(outtype="f32", mmproj_type="f32"))
     return find_pair(out)

@@ -28,7 +28,7 @@ N_LAYER = 4
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ref")
     ckpt = build_tiny_llava(root / "clip", "clip", text_layers=N_LAYER, seed=3)
-    convert(ckpt, root / "out", ConvertOptions(outtype="f32", mmproj_f16=False))
+    convert(ckpt, root / "out", ConvertOptions(outtype="f32", mmproj_type="f32"))
     hf = transformers.LlavaForConditionalGeneration.from_pretrained(ckpt).eval()
     return ckpt, find_pair(root / "out"), hf
 
