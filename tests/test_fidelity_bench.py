@@ -141,3 +141,17 @@ def test_hybrid_calibrates_to_a_budget(folder, split):  # noqa: F811
         assert r.visual_in == keep and r.stats.visual_alive_per_layer[0] == keep
         assert r.stats.visual_alive_per_layer[-1] <= keep
     assert params_for_budget("dart", 24.0, LAYERS, N_VISUAL)["k"] == 2
+
+
+def test_kept_histograms_of_the_adaptive_rows(tmp_path):
+    from PIL import Image
+
+    from atp_cli.bench.report import kept_histograms
+
+    rows = [{"strategy": "atp", "budget": None, "kept_per_module": [[10, 5], [12, 6], [8, 4], [11, 5]],
+             "kinds": ["colour", "count", "colour", "count"]},
+            {"strategy": "hybrid", "budget": 64.0, "kept_per_module": [[40, 20], [44, 22]], "kinds": ["a", "b"]},
+            {"strategy": "fastv", "budget": 64.0, "kept_per_module": [[27], [27]], "kinds": ["a", "b"]}]
+    path = kept_histograms(rows, tmp_path, "t")
+    assert path == tmp_path / "kept_per_module.png" and Image.open(path).size[1] > 200  # two adaptive rows
+    assert kept_histograms(rows[2:], tmp_path / "none", "t") is None  # fixed rules keep one count: nothing to show

@@ -204,11 +204,48 @@ def quality_plots(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        tmp = out_dir / f".{name}.part.png"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp)
-        plt.close(fig)
-        os.replace(tmp, out_dir / name)
-        paths.append(out_dir / name)
-    return paths
+        paths.append(_save(fig, out_dir, name))
+    histogram = kept_histograms(rows, out_dir, title)
+    return paths + ([histogram] if histogram is not None else [])
+
+
+ADAPTIVE = ("atp", "atp-free", "hybrid")  # strategies whose modules keep a different count per image
+
+
+def kept_histograms(rows: list[dict], out_dir: Path, title: str) -> Path | None:
+    """Per adaptive row, a histogram per module of the visual tokens it kept over the questions, and the mean per
+    question type beside it: what adapts to the image and the question, and by how much."""
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in rows if r["strategy"] in ADAPTIVE and any(r.get("kept_per_module") or [])]
+    if not chosen:
+        return None
+    fig, axes = plt.subplots(len(chosen), 2, figsize=(10, 2.4 * len(chosen)), dpi=100, squeeze=False)
+    for (hist, by_type), r in zip(axes, chosen):
+        kept = np.array([k for k in r["kept_per_module"] if k], dtype=float)
+        label = r["strategy"] + (f"@{r['budget']:g}" if r.get("budget") is not None else "")
+        kinds = sorted(set(r.get("kinds") or []))
+        for m in range(kept.shape[1]):
+            hist.hist(kept[:, m], bins=30, alpha=0.6, label=f"module {m + 1}")
+            if kinds and len(r["kinds"]) == len(r["kept_per_module"]):
+                means = [kept[[i for i, k in enumerate(r["kinds"]) if k == kind], m].mean() for kind in kinds]
+                by_type.plot(range(len(kinds)), means, marker="o", label=f"module {m + 1}")
+        hist.set_title(f"{label}: tokens kept per question", fontsize=8)
+        hist.legend(fontsize=6)
+        by_type.set_xticks(range(len(kinds)), kinds, rotation=45, fontsize=6, ha="right")
+        by_type.set_title(f"{label}: mean kept by question type", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, out_dir, "kept_per_module.png")
+
+
+def _save(fig, out_dir: Path, name: str) -> Path:
+    """The figure as out_dir/name, written atomically."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{name}.part.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_dir / name)
+    return out_dir / name
