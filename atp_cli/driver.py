@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -57,6 +57,18 @@ def segment_ranges(n_layer: int, boundaries: Sequence[int]) -> list[tuple[int, i
     return list(zip(edges[:-1], edges[1:]))
 
 
+GROW_STEP = 256  # cells: the later segments' caches start at this size and grow in whole steps (llama.cpp's padding)
+
+
+def _start_config(config: ContextConfig, segment: int) -> ContextConfig:
+    """Segment 0 holds every prompt entry: the whole context. A later segment holds the text and only the visual
+    tokens kept so far, so it starts at one step and grows when a prefill or a turn needs more (SegmentedDecoder._room)."""
+    if segment == 0 or config.n_ctx <= GROW_STEP:
+        return config
+    return replace(config, n_ctx=GROW_STEP, n_batch=min(config.n_batch, GROW_STEP),
+                   n_ubatch=min(config.n_ubatch, GROW_STEP))
+
+
 class SegmentedDecoder(Closeable):
     """Contexts for the segments of one model; one conversation at a time (not thread-safe)."""
 
@@ -78,10 +90,12 @@ class SegmentedDecoder(Closeable):
             for i, (b, e) in enumerate(self.ranges):
                 last = i == len(self.ranges) - 1
                 readout_layer = e - 1 if readout and not last else None
-                self.contexts.append(LlamaContext(model, config, b, e, readout_layer=readout_layer, stock=stock))
+                self.contexts.append(LlamaContext(model, _start_config(config, i), b, e, readout_layer=readout_layer,
+                                                  stock=stock))
         except Exception:
             self.close()
             raise
+        self.max_cells = self.contexts[0].n_ctx  # what the conversation may hold (segment 0 holds every entry)
         self.next_pos = 0
         self.stats = PrefillStats()
         self.stop_token: int | None = None  # end-of-generation token of the last generate(), not fed
@@ -145,7 +159,8 @@ class SegmentedDecoder(Closeable):
 
         hidden: np.ndarray | None = None
         logits = np.zeros(0, dtype=np.float32)
-        for s, (ctx, (b, e)) in enumerate(zip(self.contexts, self.ranges)):
+        for s, (b, e) in enumerate(self.ranges):
+            ctx = self._room(s, len(positions))
             alive_per_layer[b:e] = int(visual.sum())
             prune_here = keep is not None and ctx.readout_layer is not None and visual.any()
             t0 = time.perf_counter()
@@ -228,6 +243,17 @@ class SegmentedDecoder(Closeable):
         table[cell_pos[used]] = np.flatnonzero(used)
         return table
 
+    def _room(self, s: int, n_new: int) -> LlamaContext:
+        """Segment s's context, grown first (doubling, its cache copied over) when `n_new` more entries would not
+        fit: the later segments start small and grow to what they hold, so allocated memory follows the pruning."""
+        ctx = self.contexts[s]
+        need = ctx.n_tokens + n_new
+        if need > ctx.n_ctx and ctx.n_ctx < self.max_cells:
+            size = min(self.max_cells, max(2 * ctx.n_ctx, -(-need // GROW_STEP) * GROW_STEP))
+            self.contexts[s] = ctx.with_capacity(size)
+            ctx.close()
+        return self.contexts[s]
+
     # -- decoding ---------------------------------------------------------------------------------
 
     def extend(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -239,9 +265,10 @@ class SegmentedDecoder(Closeable):
 
     def _extend(self, tokens: np.ndarray) -> np.ndarray:
         positions = np.arange(self.next_pos, self.next_pos + len(tokens), dtype=np.int32)
-        prev = self.contexts[0]
+        prev = self._room(0, len(tokens))
         prev.decode_tokens(tokens, positions)
-        for ctx in self.contexts[1:]:
+        for s in range(1, len(self.contexts)):
+            ctx = self._room(s, len(tokens))
             ctx.decode_embd(prev.hidden_all(), positions)
             prev = ctx
         self.next_pos += len(tokens)

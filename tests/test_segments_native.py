@@ -186,3 +186,39 @@ def test_stock_high_level_api_still_works(tiny_gguf, tiny_model, tiny_weights):
         assert int(np.argmax(got)) == int(np.argmax(ref))
     finally:
         llm.close()
+
+
+def test_later_segments_grow_to_what_they_hold(tiny_model):
+    """Segments after the first start at one 256-cell step and grow (their cache copied into a bigger context) when a
+    prefill or the decoded tokens need more: allocated memory follows the pruning, and the numbers do not change."""
+    from atp_cli.driver import GROW_STEP
+
+    cfg = ContextConfig(n_ctx=1024, n_batch=64, n_ubatch=64)
+    rng = np.random.default_rng(3)
+    image = rng.standard_normal((300, TINY.n_embd)).astype(np.float32)
+    prompt = Prompt((Span.text(rng.integers(3, TINY.n_vocab, 5)), Span.image(image),
+                     Span.text(rng.integers(3, TINY.n_vocab, 6))))
+    drops = {1: list(range(0, 300, 2)), 3: list(range(1, 300, 4))}  # 150 of 300 left after layer 1, 75 after 3
+    with SegmentedDecoder(tiny_model, [1, 3], cfg) as full:
+        full.max_cells = 0  # never grow: every context already holds n_ctx
+        for i in range(1, len(full.contexts)):
+            full.contexts[i] = full.contexts[i].with_capacity(1024)
+        ref_logits = full.prefill(prompt, DropFixed(drops))
+        ref = [int(np.argmax(ref_logits))]
+        for _ in range(300):
+            ref.append(int(np.argmax(full.extend([ref[-1]]))))
+    with SegmentedDecoder(tiny_model, [1, 3], cfg) as dec:
+        assert [c.n_ctx for c in dec.contexts] == [1024, GROW_STEP, GROW_STEP]
+        logits = dec.prefill(prompt, DropFixed(drops))
+        assert [c.n_ctx for c in dec.contexts] == [1024, GROW_STEP, GROW_STEP]  # 161 and 86 entries fit
+        np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+        got = [int(np.argmax(logits))]
+        for _ in range(300):
+            got.append(int(np.argmax(dec.extend([got[-1]]))))
+        assert got == ref
+        assert [c.n_ctx for c in dec.contexts] == [1024, 2 * GROW_STEP, 2 * GROW_STEP]  # 461 and 386 entries now
+        allocated = sum(s.total_bytes for s in dec.kv_stats())
+        dec.truncate(100)  # a grown context rolls back like any other
+        assert all(c.n_tokens <= 100 for c in dec.contexts)
+    with SegmentedDecoder(tiny_model, (), cfg, readout=False, stock=True) as stock:
+        assert allocated < sum(s.total_bytes for s in stock.kv_stats())

@@ -127,10 +127,12 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
               help="Average visual tokens of the pruned rows (comma-separated).")
 @click.option("--runs", type=click.IntRange(1), default=3, show_default=True, help="Runs per configuration (medians).")
 @click.option("--threads", type=THREADS, default=0, help="CPU threads (0: all).")
+@click.option("--n-ctx", type=click.IntRange(1024, 1 << 17), default=4096, show_default=True,
+              help="Context of every row (stock allocates all of it; atp's later segments what they hold).")
 @click.option("--workdir", type=PathType(path_type=Path), default=cache_dir("bench"),
               show_default=True, help="Where the random GGUFs are built once and kept.")
 @click.option("--out", type=PathType(path_type=Path), default=Path("bench-out"), show_default=True)
-def speed(shapes: str, budgets: str, runs: int, threads: int, workdir: Path, out: Path) -> None:
+def speed(shapes: str, budgets: str, runs: int, threads: int, n_ctx: int, workdir: Path, out: Path) -> None:
     """Speed only (random weights): stock llama.cpp vs atp and the hybrid at real model shapes, image encoding
     included; the load and CPU steal during the run are recorded, with a warning when they show contention."""
     from tqdm import tqdm
@@ -151,7 +153,8 @@ def speed(shapes: str, budgets: str, runs: int, threads: int, workdir: Path, out
     with ContentionWatch() as watch, tqdm(total=total, desc="atp bench speed", unit="run") as bar:
         for key in keys:
             bar.set_postfix_str(f"{key}: building or loading the random model")
-            results.append(bench_shape(key, workdir, runs, threads, targets, on_run=lambda name: bar.update()))
+            results.append(bench_shape(key, workdir, runs, threads, targets, on_run=lambda name: bar.update(),
+                                       n_ctx=n_ctx))
     warnings = watch.result.warnings() + [
         f"{r['shape']} {row['config']}: its runs spread by {row['ttft_spread']:.0%} of their median"
         for r in results for row in r["rows"] if row["ttft_spread"] > SPREAD_LIMIT]

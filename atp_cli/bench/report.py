@@ -159,15 +159,16 @@ def speed_table(res: dict) -> str:
         "",
         "| config | avg visual tokens | tokens into LLM | encode s | prefill s | prefill speed-up | TTFT s "
         "| TTFT speed-up | decode tok/s | decode / stock | KV after prompt MiB | / stock | KV after decode MiB | / stock "
-        "| peak RSS MiB | TTFT spread of the runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| KV allocated MiB (n_ctx {res.get('n_ctx', 1024)}) | / stock | peak RSS MiB | TTFT spread of the runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(
             f"| {r['config']} | {r['tokens_avg']:.0f} | {r['visual_in']} | {r['encode_s']:.2f} | {r['prefill_s']:.2f} "
             f"| {r['prefill_vs_stock']:.2f}x | {r['ttft_s']:.2f} | {r['ttft_vs_stock']:.2f}x | {r['decode_tok_s']:.2f} "
             f"| {r['decode_vs_stock']:.2f} | {r['kv_prompt_mib']:.1f} | {r['kv_prompt_vs_stock']:.2f} "
-            f"| {r['kv_used_mib']:.1f} | {r['kv_vs_stock']:.2f} | {r['peak_rss_mib']:.0f} "
+            f"| {r['kv_used_mib']:.1f} | {r['kv_vs_stock']:.2f} | {r.get('kv_alloc_mib', 0.0):.0f} "
+            f"| {r.get('kv_alloc_vs_stock', 0.0):.2f} | {r['peak_rss_mib']:.0f} "
             f"| {r.get('ttft_spread', 0.0):.0%} |")
     return "\n".join(lines)
 

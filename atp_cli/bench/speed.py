@@ -205,16 +205,18 @@ def timed_ttft_run(cfg: SpeedConfig, encoder: ImageEncoder, image: Image.Image, 
     t_end = time.perf_counter()
     return {"encode_s": t_enc - t0, "prefill_s": dec.stats.prefill_seconds, "ttft_s": t_first - t0,
             "decode_tok_s": n_decode / (t_end - t_first), "kv_prompt_mib": kv_prompt / 2**20,
-            "kv_used_mib": dec.kv_used_bytes() / 2**20}
+            "kv_used_mib": dec.kv_used_bytes() / 2**20,
+            "kv_alloc_mib": sum(st.total_bytes for st in dec.kv_stats()) / 2**20}
 
 
 def bench_shape(key: str, workdir: Path, runs: int, threads: int, budgets: tuple[float, ...],
-                on_run: Callable[[str], None] | None = None) -> dict:
+                on_run: Callable[[str], None] | None = None, n_ctx: int = 4096) -> dict:
     """The random model of shape `key` (built once into `workdir`) with a random CLIP ViT-L/336 encoder."""
     shape, label = SHAPES[key]
     model_path = random_model(workdir, key)
     mmproj_path = random_clip_l_mmproj(workdir, shape.n_embd)
-    return {"shape": key, "label": label, **bench_files(model_path, mmproj_path, runs, threads, budgets, on_run)}
+    return {"shape": key, "label": label,
+            **bench_files(model_path, mmproj_path, runs, threads, budgets, on_run, n_ctx=n_ctx)}
 
 
 def n_configs(budgets: tuple[float, ...], n_layer: int, n_visual: int = N_VISUAL) -> int:
@@ -254,13 +256,13 @@ def _configs(model: LlamaModel, model_path: Path, n_visual: int, ctx: ContextCon
 
 
 def bench_files(model_path: Path, mmproj_path: Path, runs: int, threads: int, budgets: tuple[float, ...],
-                on_run: Callable[[str], None] | None = None, n_decode: int = N_DECODE) -> dict:
+                on_run: Callable[[str], None] | None = None, n_decode: int = N_DECODE, n_ctx: int = 4096) -> dict:
     """Stock (every visual token), and per budget: stock given that many visual tokens (the limit), atp's schedule
     at that average, and the hybrid (CDPruner before the language model, the schedule inside it) at that average."""
     model = LlamaModel(model_path)
     encoder = ImageEncoder(mmproj_path, model, threads)
     n_visual = encoder.n_tokens()
-    ctx = ContextConfig(n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=threads)
+    ctx = ContextConfig(n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads)
     rng = np.random.default_rng(0)
     text = (rng.integers(3, model.n_vocab, N_BEFORE), rng.integers(3, model.n_vocab, N_AFTER))
     configs = _configs(model, model_path, n_visual, ctx, budgets, text[1])
@@ -294,5 +296,7 @@ def bench_files(model_path: Path, mmproj_path: Path, runs: int, threads: int, bu
         r["ttft_vs_stock"] = base["ttft_s"] / r["ttft_s"]
         r["kv_prompt_vs_stock"] = r["kv_prompt_mib"] / base["kv_prompt_mib"]
         r["kv_vs_stock"] = r["kv_used_mib"] / base["kv_used_mib"]
+        r["kv_alloc_vs_stock"] = r["kv_alloc_mib"] / base["kv_alloc_mib"]
         r["decode_vs_stock"] = r["decode_tok_s"] / base["decode_tok_s"]
-    return {"runs": runs, "threads": threads, "budgets": list(budgets), "n_visual": n_visual, "rows": rows}
+    return {"runs": runs, "threads": threads, "budgets": list(budgets), "n_visual": n_visual, "n_ctx": n_ctx,
+            "rows": rows}

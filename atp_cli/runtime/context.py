@@ -7,7 +7,7 @@ assert that kills the process, so positions, shapes, ids and capacity are checke
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from llama_cpp import llama_cpp as llama
@@ -307,6 +307,26 @@ class LlamaContext(Closeable):
             self._last_n, self._pending_hidden = 0, []
         if self.readout_layer is not None:
             self.arm_capture(False)
+
+    # -- capacity ---------------------------------------------------------------------------------
+
+    def with_capacity(self, n_ctx: int) -> "LlamaContext":
+        """A context like this one holding `n_ctx` cells, with this one's cache copied in (llama.cpp's own sequence
+        state); the caller closes this one. How a segment's cache grows to what it must hold."""
+        config = replace(self.config, n_ctx=n_ctx, n_batch=min(self.config.n_batch, n_ctx),
+                         n_ubatch=min(self.config.n_ubatch, n_ctx))
+        grown = LlamaContext(self.model, config, self.il_begin, self.il_end, self.readout_layer, self.stock)
+        try:
+            size = llama.llama_state_seq_get_size(self.ptr, 0)
+            state = (ctypes.c_uint8 * size)()
+            if llama.llama_state_seq_get_data(self.ptr, state, size, 0) != size or \
+                    llama.llama_state_seq_set_data(grown.ptr, state, size, 0) != size:
+                raise DecodeError(f"llama.cpp could not copy the cache of layers [{self.il_begin}, {self.il_end})")
+            grown.pos_max, grown.n_tokens = self.pos_max, self.n_tokens
+            return grown
+        except BaseException:
+            grown.close()
+            raise
 
     # -- lifetime ---------------------------------------------------------------------------------
 
