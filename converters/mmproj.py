@@ -41,7 +41,7 @@ def projector_tensors(state: dict[str, np.ndarray], n_text: int) -> dict[str, np
     return {"mm.0.weight": w1, "mm.0.bias": b1, "mm.2.weight": w2, "mm.2.bias": b2}
 
 
-MMPROJ_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # -> general.file_type (llama.cpp's ftype numbering)
+MMPROJ_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}  # -> general.file_type (llama.cpp's ftype numbering)
 
 
 def _stored(name: str, arr: np.ndarray, dtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
@@ -54,6 +54,9 @@ def _stored(name: str, arr: np.ndarray, dtype: str) -> tuple[np.ndarray, gguf.GG
     if dtype == "q8_0" and arr.ndim == 2 and arr.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
         q = gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
         return q, gguf.GGMLQuantizationType.Q8_0
+    if dtype == "bf16" and arr.ndim == 2:
+        return gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), gguf.GGMLQuantizationType.BF16), \
+            gguf.GGMLQuantizationType.BF16
     return np.ascontiguousarray(arr, dtype=np.float16), None
 
 

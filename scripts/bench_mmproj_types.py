@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The image encoder at f16 and q8_0: encode time side by side, threads, and how close q8_0's embeddings stay.
+"""The image encoder at f16, q8_0 and bf16: encode time side by side, threads, and how close the embeddings stay to f16.
 
 Two towers: a random CLIP ViT-L/14 at 336 px (LLaVA-1.5's tower; projector to the ~1.1B shape's 2048 features: the
 projector is a small part of the work) and the default model's DINOv2 ViT-S/14 at 336 px with its trained projector.
@@ -28,7 +28,7 @@ from atp_cli.bench.contention import ContentionWatch  # noqa: E402
 from atp_cli.bench.report import commit, machine  # noqa: E402
 from atp_cli.cpu import usable_cores  # noqa: E402
 
-TYPES = ("f16", "q8_0")
+TYPES = ("f16", "q8_0", "bf16")
 
 
 def towers(tmp: Path) -> dict[str, tuple[Path, Path]]:

@@ -81,6 +81,14 @@ SECTIONS = [
             "3 runs; the configurations take turns inside each run; the load and CPU steal of the run are recorded "
             "below the tables.",
             "docs/bench/speed/speed.md"),
+    Section("mmproj", "The image encoder at f16 and q8_0",
+            [PY, "scripts/bench_mmproj_types.py", "--rounds", "5", "--json", "docs/bench/mmproj.json"],
+            "`atp convert --mmproj-type q8_0` against the f16 default: the same tower and projector written both "
+            "ways by atp's mmproj writer (Q8_0 for the matrices the encoder multiplies by; the patch embedding stays "
+            "F16, norms and positions F32), encoding one image at one thread and at every core, the encoders taking "
+            "turns in each of 5 rounds (medians); the cosine of every projected row against f16's over four images. "
+            "The CLIP tower is random (speed depends on shapes, not values); the DINOv2 tower is the default "
+            "model's, with its trained projector."),
     Section("runtime", "Segment runtime against a stock llama.cpp context",
             [PY, "scripts/bench_runtime.py", "--runs", "5"],
             "Prompt: 10 text tokens, 576 visual embedding rows, 20 text tokens; then 32 greedy decode steps. `stock` "

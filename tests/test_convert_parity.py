@@ -60,7 +60,8 @@ def hf_image_features(folder, image) -> np.ndarray:
 
 
 @pytest.mark.parametrize("tower,mmproj_type", [("clip", "f32"), ("clip", "f16"), ("dinov2", "f16"), ("siglip", "f16"),
-                                               ("dinov2-layers", "f32"), ("clip", "q8_0"), ("dinov2", "q8_0")])
+                                               ("dinov2-layers", "f32"), ("clip", "q8_0"), ("dinov2", "q8_0"),
+                                               ("clip", "bf16")])
 def test_mmproj_embeddings_match_transformers(checkpoints, tmp_path_factory, tower, mmproj_type):
     model_path, mmproj_path = converted(checkpoints, tmp_path_factory, tower, "f32", mmproj_type)
     image = sample_image()
@@ -69,7 +70,7 @@ def test_mmproj_embeddings_match_transformers(checkpoints, tmp_path_factory, tow
         got = enc.encode(image)
     scale = np.abs(ref).max()
     # f32: only the tanh-approximated GELU differs; f16 weights add their rounding, q8_0 more
-    tol = {"f32": 2e-3, "f16": 3e-2, "q8_0": 6e-2}[mmproj_type] * scale
+    tol = {"f32": 2e-3, "f16": 3e-2, "q8_0": 6e-2, "bf16": 6e-2}[mmproj_type] * scale
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= tol, (np.abs(got - ref).max(), scale)
     cosine = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
@@ -80,6 +81,12 @@ def test_mmproj_embeddings_match_transformers(checkpoints, tmp_path_factory, tow
         types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(mmproj_path).tensors}
         assert types["mm.0.weight"] == "Q8_0" and types["v.blk.0.attn_q.weight"] == "Q8_0"
         assert types["v.patch_embd.weight"] == "F16" and types["v.position_embd.weight"] == "F32"
+    if mmproj_type == "bf16":
+        import gguf
+
+        types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(mmproj_path).tensors}
+        assert types["mm.0.weight"] == types["v.blk.0.ffn_up.weight"] == "BF16"
+        assert types["v.position_embd.weight"] == "F32"
 
 
 def hf_logits(folder, ids: list[int], image) -> np.ndarray:
