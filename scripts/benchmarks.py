@@ -79,7 +79,9 @@ SECTIONS = [
             "CDPruner's selection of twice the budget before the language model (timed, in the time to first token) "
             "and the schedule inside it. Answers are meaningless here; only time and memory are measured. Medians of "
             "3 runs; the configurations take turns inside each run; the load and CPU steal of the run are recorded "
-            "below the tables.",
+            "below the tables. Every row runs at n_ctx 4096: stock allocates the whole KV cache, atp's later segments "
+            "what they hold (they start at 256 cells and grow). Peak RSS is the process's, with every row's contexts "
+            "alive at once, so it is not a per-row figure; KV allocated is.",
             "docs/bench/speed/speed.md"),
     Section("mmproj", "The image encoder at f16 and q8_0",
             [PY, "scripts/bench_mmproj_types.py", "--rounds", "5", "--json", "docs/bench/mmproj.json"],
