@@ -307,13 +307,18 @@ def data(out: Path, split: str, count: int, start: int, source: str, photos: boo
 @click.option("--force", is_flag=True, help="Rebuild even if the folder exists.")
 @click.option("--artifacts", type=PathType(path_type=Path, exists=True, file_okay=False),
               help="Trained artifacts to assemble (projector, lora, atp .safetensors; default: the committed ones).")
-def default_model(out: Path | None, force: bool, artifacts: Path | None) -> None:
+@click.option("--mmproj-type", type=click.Choice(["f16", "bf16", "q8_0"]), default="f16", show_default=True,
+              help="The tower's matrices (bf16: faster on CPUs with AVX512-BF16 or AMX; needs --out).")
+def default_model(out: Path | None, force: bool, artifacts: Path | None, mmproj_type: str) -> None:
     """Assemble the default model (DINOv2-S + trained projector + SmolLM2-135M + ATP) from packaged weights."""
     from atp_cli.default_model import ARTIFACTS, DEFAULT_DIR, build_default_model
 
     if artifacts is not None and out is None:
         raise click.UsageError("--artifacts needs --out: the default folder holds the committed artifacts' model")
-    click.echo(f"default model in {build_default_model(out or DEFAULT_DIR, force, artifacts or ARTIFACTS)}")
+    if mmproj_type != "f16" and out is None:
+        raise click.UsageError("--mmproj-type needs --out: the default folder holds the f16 model every command uses")
+    folder = build_default_model(out or DEFAULT_DIR, force, artifacts or ARTIFACTS, mmproj_type)
+    click.echo(f"default model in {folder}")
 
 
 @cli.command()

@@ -105,13 +105,15 @@ def artifacts_digest(artifacts: Path = ARTIFACTS) -> str:
     return h.hexdigest()
 
 
-def build_default_model(out: Path = DEFAULT_DIR, force: bool = False, artifacts: Path = ARTIFACTS) -> Path:
+def build_default_model(out: Path = DEFAULT_DIR, force: bool = False, artifacts: Path = ARTIFACTS,
+                        mmproj_type: str = "f16") -> Path:
     """Assemble the default model folder (model GGUF + mmproj with ATP data) from package weights and the trained
     artifacts (the committed ones, or a training run's `--artifacts` folder, to measure it exactly as the default
     model is measured); nothing is trained here, and neither torch nor transformers is needed: the LoRA adapters
     are merged into the packaged SmolLM2 GGUF in numpy (`atp_cli.lora_gguf`, merged tensors q8_0; without adapters
     the GGUF is used as it is), and the tower + projector go through `atp convert`'s mmproj writer from a
-    checkpoint folder holding only them."""
+    checkpoint folder holding only them. `mmproj_type` writes the tower's matrices as f16 (the default), bf16 (faster
+    where the CPU computes bfloat16 natively) or q8_0 (smaller)."""
     import tempfile
 
     from atp_cli.assets import smollm2_gguf
@@ -122,7 +124,8 @@ def build_default_model(out: Path = DEFAULT_DIR, force: bool = False, artifacts:
 
     projector, lora_file, atp_file = artifact_paths(artifacts)
     stamp = out / "artifacts.sha256"
-    if out.is_dir() and not force and stamp.is_file() and stamp.read_text() == artifacts_digest(artifacts):
+    digest = artifacts_digest(artifacts) + ("" if mmproj_type == "f16" else f" mmproj {mmproj_type}")
+    if out.is_dir() and not force and stamp.is_file() and stamp.read_text() == digest:
         return out
     missing = [m for m in ("onnx", "safetensors") if importlib.util.find_spec(m) is None]
     if missing:
@@ -136,8 +139,9 @@ def build_default_model(out: Path = DEFAULT_DIR, force: bool = False, artifacts:
         if lora_file.is_file():
             llm = merge_lora_gguf(llm, lora_file, Path(tmp) / "model-q8_0.gguf")
         ckpt = write_tower_checkpoint(Path(tmp) / "ckpt", projector, text_config(llm))
-        convert(ckpt, out, ConvertOptions(llm_gguf=llm, atp=weights, force=True, image_size=IMAGE_SIZE))
-    stamp.write_text(artifacts_digest(artifacts))
+        convert(ckpt, out, ConvertOptions(llm_gguf=llm, atp=weights, force=True, image_size=IMAGE_SIZE,
+                                          mmproj_type=mmproj_type))
+    stamp.write_text(digest)
     return out
 
 

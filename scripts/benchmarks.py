@@ -83,11 +83,11 @@ SECTIONS = [
             "what they hold (they start at 256 cells and grow). Peak RSS is the process's, with every row's contexts "
             "alive at once, so it is not a per-row figure; KV allocated is.",
             "docs/bench/speed/speed.md"),
-    Section("mmproj", "The image encoder at f16 and q8_0",
+    Section("mmproj", "The image encoder at f16, q8_0 and bf16",
             [PY, "scripts/bench_mmproj_types.py", "--rounds", "5", "--json", "docs/bench/mmproj.json"],
-            "`atp convert --mmproj-type q8_0` against the f16 default: the same tower and projector written both "
-            "ways by atp's mmproj writer (Q8_0 for the matrices the encoder multiplies by; the patch embedding stays "
-            "F16, norms and positions F32), encoding one image at one thread and at every core, the encoders taking "
+            "`atp convert --mmproj-type q8_0` and `bf16` against the f16 default: the same tower and projector written "
+            "each way by atp's mmproj writer (Q8_0 or BF16 for the matrices the encoder multiplies by; the patch "
+            "embedding stays F16, norms and positions F32), encoding one image at one thread and at every core, the encoders taking "
             "turns in each of 5 rounds (medians); the cosine of every projected row against f16's over four images. "
             "The CLIP tower is random (speed depends on shapes, not values); the DINOv2 tower is the default "
             "model's, with its trained projector."),
