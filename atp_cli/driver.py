@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from atp_cli.errors import InputError
+from atp_cli.prefix_cache import FirstSegment, PrefixCache, prompt_key
 from atp_cli.prompt_input import Prompt
 from atp_cli.pruning.base import KeepFn, ModuleInput, check_keep
 from atp_cli.runtime.context import ContextConfig, KvStats, LlamaContext
@@ -35,6 +36,7 @@ class PrefillStats:
     segment_seconds: list[float] = field(default_factory=list)
     module_seconds: list[float] = field(default_factory=list)
     kept_raster: list[np.ndarray] = field(default_factory=list)  # raster indices kept at each module
+    reused_seconds: float = 0.0  # of the prefill's work, loaded from the prefix cache instead of computed
 
     @property
     def prefill_seconds(self) -> float:
@@ -98,6 +100,7 @@ class SegmentedDecoder(Closeable):
         self.max_cells = self.contexts[0].n_ctx  # what the conversation may hold (segment 0 holds every entry)
         self.next_pos = 0
         self.stats = PrefillStats()
+        self.prefix_cache: PrefixCache | None = None  # shared first segments (atp_cli.prefix_cache), when set
         self.stop_token: int | None = None  # end-of-generation token of the last generate(), not fed
         self.generated: list[int] = []  # the tokens the last generate() fed
 
@@ -163,18 +166,23 @@ class SegmentedDecoder(Closeable):
             ctx = self._room(s, len(positions))
             alive_per_layer[b:e] = int(visual.sum())
             prune_here = keep is not None and ctx.readout_layer is not None and visual.any()
-            t0 = time.perf_counter()
-            if prune_here:
-                ctx.arm_capture(True)
-            hidden = self._run_segment(s, prompt, positions, hidden)
-            if prune_here:
-                ctx.arm_capture(False)
-            stats.segment_seconds.append(time.perf_counter() - t0)
+            seen = None  # (attention, cell index) the module reads, when they come from the prefix cache
+            if prune_here and s == 0 and self.prefix_cache is not None and self.next_pos == 0:
+                hidden, seen, seconds = self._first_segment(prompt, positions, ctx, stats)
+                stats.segment_seconds.append(seconds)
+            else:
+                t0 = time.perf_counter()
+                if prune_here:
+                    ctx.arm_capture(True)
+                hidden = self._run_segment(s, prompt, positions, hidden)
+                if prune_here:
+                    ctx.arm_capture(False)
+                stats.segment_seconds.append(time.perf_counter() - t0)
             if ctx.outputs_logits:
                 logits = ctx.logits()
             elif prune_here:
                 t0 = time.perf_counter()
-                mask = self._module(ctx, e, positions, visual, prompt.visual_origin(), keep, hidden)
+                mask = self._module(ctx, e, positions, visual, prompt.visual_origin(), keep, hidden, seen)
                 positions, visual, hidden = positions[mask], visual[mask], hidden[mask]
                 stats.module_seconds.append(time.perf_counter() - t0)
                 stats.kept_raster.append(positions[visual] - prompt.visual_origin())
@@ -182,6 +190,30 @@ class SegmentedDecoder(Closeable):
         self.stats = stats
         self.next_pos = int(prompt.all_positions()[-1]) + 1
         return logits
+
+    def _first_segment(self, prompt: Prompt, positions: np.ndarray, ctx: LlamaContext,
+                       stats: PrefillStats) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], float]:
+        """Layers [0, b1) for `prompt`: loaded from the prefix cache when another strategy with the same first
+        boundary computed them, else computed with attention readout and stored. (hidden states, what the module
+        reads, the seconds the computation takes); a reuse counts those seconds in `stats.reused_seconds`."""
+        key = prompt_key(prompt, self.ranges[0], ctx.readout_layer)
+        hit = self.prefix_cache.get(key)
+        if hit is not None:
+            t0 = time.perf_counter()
+            ctx.load_state(hit.state, hit.pos_max, hit.n_tokens)
+            stats.reused_seconds += max(0.0, hit.seconds - (time.perf_counter() - t0))
+            return hit.hidden, (hit.attention, hit.cell_of), hit.seconds
+        t0 = time.perf_counter()
+        ctx.arm_capture(True)
+        hidden = self._run_segment(0, prompt, positions, None)
+        ctx.arm_capture(False)
+        seconds = time.perf_counter() - t0
+        seen = (ctx.captured_attention(), self._cell_index(ctx))
+        hidden.setflags(write=False)
+        for a in seen:
+            a.setflags(write=False)
+        self.prefix_cache.put(key, FirstSegment(ctx.state(), ctx.pos_max, ctx.n_tokens, hidden, *seen, seconds))
+        return hidden, seen, seconds
 
     def _run_segment(self, s: int, prompt: Prompt, positions: np.ndarray, hidden: np.ndarray | None) -> np.ndarray:
         """Feed segment s; return the hidden states it outputs (empty for the last segment)."""
@@ -209,12 +241,14 @@ class SegmentedDecoder(Closeable):
         origin: int,
         keep: KeepFn,
         hidden: np.ndarray,
+        seen: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """Call the keep function at `boundary`; return the mask of entries that go on."""
-        attn = ctx.captured_attention()  # (rows = entries fed, in order; cols = KV cells)
+        """Call the keep function at `boundary`; return the mask of entries that go on. `seen`: the attention and
+        cell index to read instead of the context's own (the prefix cache's)."""
+        # attention rows = entries fed, in order; columns = KV cells
+        attn, cell_of = seen if seen is not None else (ctx.captured_attention(), self._cell_index(ctx))
         if attn.shape[0] != len(positions):
             raise InputError(f"captured {attn.shape[0]} attention rows for {len(positions)} tokens")
-        cell_of = self._cell_index(ctx)
         vis_pos = positions[visual]
         last_visual = np.flatnonzero(visual)[-1]
         query_rows = np.flatnonzero(~visual & (np.arange(len(positions)) > last_visual))

@@ -97,7 +97,9 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
               "plans": [[p.strategy, p.budget] for p in plans], "peer": peer, "blind": blind,
               "max_tokens": max_tokens, "machine": report.machine(), "commit": report.commit()}
     store = RunStore.open(out / "run", header, resume)
-    config = PipelineConfig(context=ContextConfig(n_ctx=1024, n_threads=threads), max_tokens=max_tokens)
+    # strategies with the same first boundary share the layers before it (reported as if each computed them)
+    config = PipelineConfig(context=ContextConfig(n_ctx=1024, n_threads=threads), max_tokens=max_tokens,
+                            prefix_cache_bytes=512 * 2**20)
     with Pipeline(model_path, mmproj_path, "none", config) as pipe:
         stock = StockLlava(model_path, mmproj_path, 1024, threads, max_tokens) if peer else None
         n_rows = len(plans) + all(p.strategy != "none" for p in plans) + bool(stock) + blind

@@ -317,16 +317,28 @@ class LlamaContext(Closeable):
                          n_ubatch=min(self.config.n_ubatch, n_ctx))
         grown = LlamaContext(self.model, config, self.il_begin, self.il_end, self.readout_layer, self.stock)
         try:
-            size = llama.llama_state_seq_get_size(self.ptr, 0)
-            state = (ctypes.c_uint8 * size)()
-            if llama.llama_state_seq_get_data(self.ptr, state, size, 0) != size or \
-                    llama.llama_state_seq_set_data(grown.ptr, state, size, 0) != size:
-                raise DecodeError(f"llama.cpp could not copy the cache of layers [{self.il_begin}, {self.il_end})")
-            grown.pos_max, grown.n_tokens = self.pos_max, self.n_tokens
+            grown.load_state(self.state(), self.pos_max, self.n_tokens)
             return grown
         except BaseException:
             grown.close()
             raise
+
+    def state(self) -> bytes:
+        """This context's cache as llama.cpp's sequence state (what `load_state` puts back, here or elsewhere)."""
+        size = llama.llama_state_seq_get_size(self.ptr, 0)
+        buf = (ctypes.c_uint8 * size)()
+        if llama.llama_state_seq_get_data(self.ptr, buf, size, 0) != size:
+            raise DecodeError(f"llama.cpp could not read the cache of layers [{self.il_begin}, {self.il_end})")
+        return bytes(buf)
+
+    def load_state(self, state: bytes, pos_max: int, n_tokens: int) -> None:
+        """Replace the cache by `state` (from a context over the same layers) that ends at `pos_max`."""
+        self.clear()
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama.llama_state_seq_set_data(self.ptr, buf, len(state), 0) != len(state):
+            self.clear()
+            raise DecodeError(f"llama.cpp could not load a cache into layers [{self.il_begin}, {self.il_end})")
+        self.pos_max, self.n_tokens = pos_max, n_tokens
 
     # -- lifetime ---------------------------------------------------------------------------------
 
