@@ -70,6 +70,7 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
     from tqdm import tqdm
 
     from atp_cli.bench import report
+    from atp_cli.bench.contention import ContentionWatch
     from atp_cli.bench.peer import StockLlava
     from atp_cli.bench.quality import check_plans, run_quality
     from atp_cli.bench.records import RunStore, files_digest, questions_digest
@@ -100,7 +101,7 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
     # strategies with the same first boundary share the layers before it (reported as if each computed them)
     config = PipelineConfig(context=ContextConfig(n_ctx=1024, n_threads=threads), max_tokens=max_tokens,
                             prefix_cache_bytes=512 * 2**20)
-    with Pipeline(model_path, mmproj_path, "none", config) as pipe:
+    with ContentionWatch() as watch, Pipeline(model_path, mmproj_path, "none", config) as pipe:
         stock = StockLlava(model_path, mmproj_path, 1024, threads, max_tokens) if peer else None
         n_rows = len(plans) + all(p.strategy != "none" for p in plans) + bool(stock) + blind
         with tqdm(total=len(rows) * n_rows, initial=len(store.done), desc="atp bench", unit="q") as bar:
@@ -112,13 +113,15 @@ def quality(model_dir: Path | None, data: Path | None, split: str, source: str, 
     title = f"{model_dir.name}: {len(rows)} " + (f"questions of {data}" if data else f"{split} questions ({source})")
     payload = {"machine": store.header.get("machine", report.machine()),  # where and with which code it ran
                "commit": store.header.get("commit", report.commit()), "model": str(model_dir), "title": title,
-               "chance": report.chance_by_kind(dicts), "rows": dicts}
+               "chance": report.chance_by_kind(dicts), "contention": watch.result.as_dict(), "rows": dicts}
     report.write_json(out / "quality.json", payload)
     table = report.quality_table(dicts)
     fidelity = report.fidelity_table(dicts)
     kinds = report.kind_table(dicts) + "\n\n" + report.adaptivity_table(dicts)
     report.write_atomic(out / "quality.md", f"{title}\n\n{table}\n\n{fidelity}\n\n{kinds}\n")
     plots = report.quality_plots(dicts, out, title)
+    for w in watch.result.warnings():  # the times of this run; its answers and fidelity figures do not depend on it
+        click.echo(f"warning: {w}", err=True)
     click.echo(f"\n{title}, {report.machine()}\n\n{table}\n\n{fidelity}\n\n{kinds}\n\nwrote {out / 'quality.json'}, "
                f"{out / 'quality.md'}, " + ", ".join(str(p) for p in plots))
 
