@@ -233,26 +233,28 @@ def _schedule_fits(n_layer: int, ratio: float) -> bool:
         return False
 
 
-def _configs(model: LlamaModel, model_path: Path, n_visual: int, ctx: ContextConfig, budgets: tuple[float, ...],
-             question: np.ndarray) -> list[SpeedConfig]:
+def config_makers(model: LlamaModel, model_path: Path, n_visual: int, ctx: ContextConfig,
+                  budgets: tuple[float, ...], question: np.ndarray) -> list[Callable[[], SpeedConfig]]:
+    """The rows of a run, each as a function that builds it (its decoder allocates on the call): stock, then per
+    budget the limit row, atp's schedule where it can meet the budget, and the hybrid."""
     from atp_cli.token_embeddings import TokenEmbeddings
 
     query = TokenEmbeddings(model_path).rows(question)
     stock = lambda: SegmentedDecoder(model, (), ctx, readout=False, stock=True)  # noqa: E731
     segmented = lambda s: SegmentedDecoder(model, s.boundaries, ctx, readout=True)  # noqa: E731
-    configs = [SpeedConfig("stock", stock(), None, n_visual, 1.0)]
+    makers = [lambda: SpeedConfig("stock", stock(), None, n_visual, 1.0)]
     for b in budgets:
-        configs.append(SpeedConfig(f"stock, {b:.0f} visual tokens in", stock(), None, round(b), b / n_visual,
-                                   budget=b, kind="limit"))
+        makers.append(lambda b=b: SpeedConfig(f"stock, {b:.0f} visual tokens in", stock(), None, round(b),
+                                              b / n_visual, budget=b, kind="limit"))
         if _schedule_fits(model.n_layer, b / n_visual):
             s = budget_schedule(model.n_layer, b / n_visual)
-            configs.append(SpeedConfig(s.name, segmented(s), s.keep_fn(n_visual), n_visual,
-                                       s.token_layer_ratio(model.n_layer), budget=b, kind="atp"))
+            makers.append(lambda b=b, s=s: SpeedConfig(s.name, segmented(s), s.keep_fn(n_visual), n_visual,
+                                                       s.token_layer_ratio(model.n_layer), budget=b, kind="atp"))
         pre, s = hybrid_plan(model.n_layer, n_visual, b)
-        configs.append(SpeedConfig(s.name, segmented(s), s.keep_fn(pre), pre,
-                                   s.token_layer_ratio(model.n_layer) * pre / n_visual, CDPruner(pre), query,
-                                   budget=b, kind="hybrid"))
-    return configs
+        makers.append(lambda b=b, s=s, pre=pre: SpeedConfig(
+            s.name, segmented(s), s.keep_fn(pre), pre, s.token_layer_ratio(model.n_layer) * pre / n_visual,
+            CDPruner(pre), query, budget=b, kind="hybrid"))
+    return makers
 
 
 def bench_files(model_path: Path, mmproj_path: Path, runs: int, threads: int, budgets: tuple[float, ...],
@@ -265,7 +267,7 @@ def bench_files(model_path: Path, mmproj_path: Path, runs: int, threads: int, bu
     ctx = ContextConfig(n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads)
     rng = np.random.default_rng(0)
     text = (rng.integers(3, model.n_vocab, N_BEFORE), rng.integers(3, model.n_vocab, N_AFTER))
-    configs = _configs(model, model_path, n_visual, ctx, budgets, text[1])
+    configs = [make() for make in config_makers(model, model_path, n_visual, ctx, budgets, text[1])]
     image = bench_image()
     samples: dict[str, list[dict]] = {c.name: [] for c in configs}
     peaks = {c.name: 0.0 for c in configs}
