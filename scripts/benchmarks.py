@@ -35,20 +35,21 @@ class Section:
     table: str | None = None  # markdown file the command writes (else its stdout is the table)
 
 
-FIDELITY_RUNS = ("docs/bench/fidelity/runs/budgets-144-64.json", "docs/bench/fidelity/runs/budget-32.json")
+FIDELITY_RUNS = ("docs/bench/fidelity/runs/v2-384-main.json", "docs/bench/fidelity/runs/v2-384-free.json")
 
 SECTIONS = [
     Section("fidelity", "The decisive comparison: fidelity to the unpruned model at 144, 64 and 32 visual tokens",
             [PY, "scripts/combine_quality.py", *FIDELITY_RUNS, "--out", "docs/bench/fidelity"],
-            "Balanced held-out test questions of the default model (every answer of a type equally likely, so the "
-            "blind row scores chance per type; the test split tunes nothing). The two runs merged here take about "
-            "an hour on 2 cores and are resumable (`--resume`, also to extend `-n`): `atp bench quality --split test "
-            "--source mix -n 120 --strategies none,atp,atp-free,hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,"
-            "uniform,random --budgets 144,64 --calibration runs/cal/val.jsonl --no-peer --threads 1 --out "
-            "runs/v1-144-64` and the same with `--strategies none,hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,"
-            "uniform,random --budgets 32` (at 32 the in-LLM rules with their first module at layer 2 cannot meet the "
-            "budget: two unpruned layers of 30 alone average 38.4 tokens; single-boundary rules prune after layer 1 "
-            "there). Calibration: 6 validation questions (`atp data runs/cal --split val -n 6 --source mix`). "
+            "Balanced held-out test questions of the current default model (every answer of a type equally likely, "
+            "so the blind row scores chance per type; the test split tunes nothing): the first 384 of a 600-question "
+            "run still under way (resumable: the same commands with `--resume`; the first 384 are summarised by "
+            "`-n 384 --resume`). Commands: `atp bench quality --split test --source mix -n 600 --strategies none,atp,"
+            "hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,uniform,random --budgets 144,64,32 --calibration "
+            "cal/val.jsonl --no-peer --threads 1 --out docs/bench/fidelity/runs/v2-main` and `--strategies none,"
+            "atp-free --budgets 144,64 --no-blind --out docs/bench/fidelity/runs/v2-free` (atp-free's first module "
+            "is at layer 2 of 30, whose two full layers alone average 38.4 tokens, so it has no row at 32). atp runs "
+            "its own thresholds (147 tokens) and the operating points stored with the model at 144, 64 and 32; "
+            "calibration: 6 validation questions (`atp data cal --split val -n 6 --source mix`). "
             "Agreement: the greedy answer equals the unpruned one; KL: KL(unpruned || row) of the first answer "
             "token's distribution, in nats; top-1: the most likely first token is the unpruned one. Intervals: 95 % "
             "paired bootstrap over the questions; `vs`: each row minus the atp (or hybrid) row nearest in tokens, "
@@ -186,7 +187,7 @@ def compose() -> str:
         if not md.is_file():
             continue
         meta = json.loads(meta_path.read_text())
-        threads = ("1 llama.cpp thread, beside a training run on the other core (times are not comparable; the "
+        threads = ("1 llama.cpp thread, beside other work on the other core (times are not comparable; the "
                    "fidelity figures are deterministic)") if s.name == "fidelity" else "llama.cpp threads = all cores"
         parts += [f"## {s.title}", "", f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}, "
                   f"{threads}, commit {meta['commit']}.", "", s.intro, "", md.read_text().strip(), ""]
