@@ -92,7 +92,8 @@ def demo(image: Path, question: str, keep_ratio: float, layer: int, max_tokens: 
               help="Language model type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_s, "
                    "q4_k_m, q5_k_s, q5_k_m, q6_k.")
 @click.option("--mmproj-type", type=click.Choice(["f16", "f32", "q8_0", "bf16"]), default="f16", show_default=True,
-              help="Vision tower + projector matrices (q8_0: smaller; bf16: faster on CPUs with AVX512-BF16 or AMX; docs/BENCHMARKS.md).")
+              help="Vision tower + projector matrices (q8_0: smaller; bf16: faster on CPUs with AVX512-BF16 or "
+                   "AMX; docs/BENCHMARKS.md).")
 @click.option("--image-size", type=click.IntRange(1, 8192),
               help="Input size of the vision tower (default: the checkpoint's).")
 @click.option("--drop-cls", is_flag=True,

@@ -34,7 +34,6 @@ class Conversation:
     def __init__(self, pipeline) -> None:
         self.pipe = pipeline
         self.image = _UNSET
-        self.system: str | None = None
         self.messages: list[dict] = []  # as rendered: [system], user (image marker + question), assistant, ...
         self.sampler = Sampler(pipeline.config.sampler)
         self.last_prompt_tokens = 0  # positions in the caches when the last answer started (its whole prompt)
@@ -45,7 +44,6 @@ class Conversation:
         """Start over with a new image (None: a chat without one) and an optional system message; the next
         question prefills it, and the sampler starts from its seed again."""
         self.image = None if image is None else load_image(image)
-        self.system = system
         self.messages = [{"role": "system", "content": system}] if system is not None else []
         self.sampler = Sampler(self.pipe.config.sampler)
         self.pipe.release(self)
@@ -126,7 +124,6 @@ class Conversation:
 
     def _feed_question(self, dec, question: str, max_tokens: int):
         """Prefill the first question with the image, or extend the caches with a later one; the next logits."""
-        check_question(question)
         if not self.turns:
             history = self.messages[:]  # the system message, if any
             logits = self.pipe.prefill_image(self.image, question, history, max_tokens)
@@ -154,3 +151,5 @@ def _check_transcript(transcript: Sequence[dict]) -> None:
             raise InputError(f"message {i} of the transcript must be a {role} message")
         if not isinstance(m.get("content"), str):
             raise InputError(f"message {i} of the transcript has no text content")
+        if role == "user":
+            check_question(m["content"])

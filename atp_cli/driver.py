@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -65,10 +65,7 @@ GROW_STEP = 256  # cells: the later segments' caches start at this size and grow
 def _start_config(config: ContextConfig, segment: int) -> ContextConfig:
     """Segment 0 holds every prompt entry: the whole context. A later segment holds the text and only the visual
     tokens kept so far, so it starts at one step and grows when a prefill or a turn needs more (SegmentedDecoder._room)."""
-    if segment == 0 or config.n_ctx <= GROW_STEP:
-        return config
-    return replace(config, n_ctx=GROW_STEP, n_batch=min(config.n_batch, GROW_STEP),
-                   n_ubatch=min(config.n_ubatch, GROW_STEP))
+    return config if segment == 0 or config.n_ctx <= GROW_STEP else config.sized(GROW_STEP)
 
 
 class SegmentedDecoder(Closeable):

@@ -204,7 +204,7 @@ class Pipeline(Closeable):
             asked = self.config.context.n_ctx
             note = f" (n_ctx {asked}, which llama.cpp rounds up to a multiple of 256)" if asked != n_ctx else ""
             raise ContextLengthError(f"prompt of {len(prompt)} tokens + {max_tokens} to generate does not fit "
-                             f"the context of {n_ctx} tokens{note}")
+                                     f"the context of {n_ctx} tokens{note}")
         return prompt, seconds
 
     def question_embeddings(self, question: str) -> np.ndarray:

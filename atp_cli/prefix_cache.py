@@ -50,10 +50,7 @@ class PrefixCache:
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, FirstSegment] = OrderedDict()
         self.hits = 0
-
-    @property
-    def nbytes(self) -> int:
-        return sum(v.nbytes for v in self._items.values())
+        self.nbytes = 0
 
     def get(self, key: str) -> FirstSegment | None:
         item = self._items.get(key)
@@ -63,9 +60,9 @@ class PrefixCache:
         return item
 
     def put(self, key: str, item: FirstSegment) -> None:
-        if item.nbytes > self.max_bytes:
+        if item.nbytes > self.max_bytes or key in self._items:
             return
         self._items[key] = item
-        self._items.move_to_end(key)
+        self.nbytes += item.nbytes
         while self.nbytes > self.max_bytes:
-            self._items.popitem(last=False)
+            self.nbytes -= self._items.popitem(last=False)[1].nbytes

@@ -18,6 +18,8 @@ import resource
 import sys
 from pathlib import Path
 
+import click
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -48,7 +50,8 @@ def one_row(shape: str, budgets: tuple[float, ...], n_ctx: int, index: int, queu
 
 def main() -> None:
     from atp_cli.bench.report import commit, machine
-    from atp_cli.bench.speed import SHAPES, n_configs
+    from atp_cli.bench.speed import SHAPES, row_plan
+    from atp_cli.cli_types import comma_floats
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="7b", choices=sorted(SHAPES))
@@ -56,11 +59,14 @@ def main() -> None:
     ap.add_argument("--n-ctx", type=int, nargs="+", default=[4096, 1024])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    budgets = tuple(float(b) for b in args.budgets.split(","))
+    try:
+        budgets = tuple(comma_floats(args.budgets))
+    except click.BadParameter as e:  # one line, not a traceback
+        raise SystemExit(f"--budgets: {e.message}") from None
     rows = []
     spawn = mp.get_context("spawn")
     for n_ctx in args.n_ctx:
-        for index in range(n_configs(budgets, SHAPES[args.shape][0].n_layer)):
+        for index in range(len(row_plan(budgets, SHAPES[args.shape][0].n_layer))):
             queue = spawn.Queue()
             proc = spawn.Process(target=one_row, args=(args.shape, budgets, n_ctx, index, queue))
             proc.start()

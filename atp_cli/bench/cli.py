@@ -144,7 +144,7 @@ def speed(shapes: str, budgets: str, runs: int, threads: int, n_ctx: int, workdi
 
     from atp_cli.bench import report
     from atp_cli.bench.contention import SPREAD_LIMIT, ContentionWatch
-    from atp_cli.bench.speed import N_VISUAL, SHAPES, bench_shape, n_configs
+    from atp_cli.bench.speed import N_VISUAL, SHAPES, bench_shape, row_plan
 
     keys = [s.strip() for s in shapes.split(",") if s.strip()]
     if not keys or any(k not in SHAPES for k in keys):
@@ -154,7 +154,7 @@ def speed(shapes: str, budgets: str, runs: int, threads: int, n_ctx: int, workdi
         raise click.BadParameter(f"--budgets takes visual-token averages in 1..{N_VISUAL}, got {budgets!r}")
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
-    total = runs * sum(n_configs(targets, SHAPES[k][0].n_layer) for k in keys)
+    total = runs * sum(len(row_plan(targets, SHAPES[k][0].n_layer)) for k in keys)
     with ContentionWatch() as watch, tqdm(total=total, desc="atp bench speed", unit="run") as bar:
         for key in keys:
             bar.set_postfix_str(f"{key}: building or loading the random model")

@@ -223,14 +223,16 @@ def kept_histograms(rows: list[dict], out_dir: Path, title: str) -> Path | None:
         return None
     fig, axes = plt.subplots(len(chosen), 2, figsize=(10, 2.4 * len(chosen)), dpi=100, squeeze=False)
     for (hist, by_type), r in zip(axes, chosen):
-        kept = np.array([k for k in r["kept_per_module"] if k], dtype=float)
+        per_question = r.get("kinds") or ["all"] * len(r["kept_per_module"])
+        pairs = [(k, kind) for k, kind in zip(r["kept_per_module"], per_question) if k]  # questions it pruned
+        kept = np.array([k for k, _ in pairs], dtype=float)
+        of_kind = np.array([kind for _, kind in pairs])
         label = r["strategy"] + (f"@{r['budget']:g}" if r.get("budget") is not None else "")
-        kinds = sorted(set(r.get("kinds") or []))
+        kinds = sorted(set(of_kind))
         for m in range(kept.shape[1]):
             hist.hist(kept[:, m], bins=30, alpha=0.6, label=f"module {m + 1}")
-            if kinds and len(r["kinds"]) == len(r["kept_per_module"]):
-                means = [kept[[i for i, k in enumerate(r["kinds"]) if k == kind], m].mean() for kind in kinds]
-                by_type.plot(range(len(kinds)), means, marker="o", label=f"module {m + 1}")
+            by_type.plot(range(len(kinds)), [kept[of_kind == kind, m].mean() for kind in kinds], marker="o",
+                         label=f"module {m + 1}")
         hist.set_title(f"{label}: tokens kept per question", fontsize=8)
         hist.legend(fontsize=6)
         by_type.set_xticks(range(len(kinds)), kinds, rotation=45, fontsize=6, ha="right")

@@ -219,10 +219,13 @@ def bench_shape(key: str, workdir: Path, runs: int, threads: int, budgets: tuple
             **bench_files(model_path, mmproj_path, runs, threads, budgets, on_run, n_ctx=n_ctx)}
 
 
-def n_configs(budgets: tuple[float, ...], n_layer: int, n_visual: int = N_VISUAL) -> int:
-    """Rows a run measures: stock, then per budget the limit row, atp's schedule where it can meet the budget
-    after its first boundary, and the hybrid."""
-    return 1 + sum(2 + _schedule_fits(n_layer, b / n_visual) for b in budgets)
+def row_plan(budgets: tuple[float, ...], n_layer: int, n_visual: int = N_VISUAL) -> list[tuple[str, float | None]]:
+    """The rows a run measures, as (kind, budget): stock, then per budget the limit row, atp's schedule where it can
+    meet the budget after its first boundary, and the hybrid."""
+    plan: list[tuple[str, float | None]] = [("stock", None)]
+    for b in budgets:
+        plan += [("limit", b)] + [("atp", b)] * _schedule_fits(n_layer, b / n_visual) + [("hybrid", b)]
+    return plan
 
 
 def _schedule_fits(n_layer: int, ratio: float) -> bool:
@@ -235,26 +238,29 @@ def _schedule_fits(n_layer: int, ratio: float) -> bool:
 
 def config_makers(model: LlamaModel, model_path: Path, n_visual: int, ctx: ContextConfig,
                   budgets: tuple[float, ...], question: np.ndarray) -> list[Callable[[], SpeedConfig]]:
-    """The rows of a run, each as a function that builds it (its decoder allocates on the call): stock, then per
-    budget the limit row, atp's schedule where it can meet the budget, and the hybrid."""
+    """The rows of `row_plan`, each as a function that builds it (its decoder allocates on the call)."""
     from atp_cli.token_embeddings import TokenEmbeddings
 
     query = TokenEmbeddings(model_path).rows(question)
     stock = lambda: SegmentedDecoder(model, (), ctx, readout=False, stock=True)  # noqa: E731
     segmented = lambda s: SegmentedDecoder(model, s.boundaries, ctx, readout=True)  # noqa: E731
-    makers = [lambda: SpeedConfig("stock", stock(), None, n_visual, 1.0)]
-    for b in budgets:
-        makers.append(lambda b=b: SpeedConfig(f"stock, {b:.0f} visual tokens in", stock(), None, round(b),
-                                              b / n_visual, budget=b, kind="limit"))
-        if _schedule_fits(model.n_layer, b / n_visual):
+
+    def maker(kind: str, b: float | None) -> Callable[[], SpeedConfig]:
+        if kind == "stock":
+            return lambda: SpeedConfig("stock", stock(), None, n_visual, 1.0)
+        if kind == "limit":
+            return lambda: SpeedConfig(f"stock, {b:.0f} visual tokens in", stock(), None, round(b), b / n_visual,
+                                       budget=b, kind=kind)
+        if kind == "atp":
             s = budget_schedule(model.n_layer, b / n_visual)
-            makers.append(lambda b=b, s=s: SpeedConfig(s.name, segmented(s), s.keep_fn(n_visual), n_visual,
-                                                       s.token_layer_ratio(model.n_layer), budget=b, kind="atp"))
+            return lambda: SpeedConfig(s.name, segmented(s), s.keep_fn(n_visual), n_visual,
+                                       s.token_layer_ratio(model.n_layer), budget=b, kind=kind)
         pre, s = hybrid_plan(model.n_layer, n_visual, b)
-        makers.append(lambda b=b, s=s, pre=pre: SpeedConfig(
-            s.name, segmented(s), s.keep_fn(pre), pre, s.token_layer_ratio(model.n_layer) * pre / n_visual,
-            CDPruner(pre), query, budget=b, kind="hybrid"))
-    return makers
+        return lambda: SpeedConfig(s.name, segmented(s), s.keep_fn(pre), pre,
+                                   s.token_layer_ratio(model.n_layer) * pre / n_visual, CDPruner(pre), query,
+                                   budget=b, kind=kind)
+
+    return [maker(kind, b) for kind, b in row_plan(budgets, model.n_layer, n_visual)]
 
 
 def bench_files(model_path: Path, mmproj_path: Path, runs: int, threads: int, budgets: tuple[float, ...],

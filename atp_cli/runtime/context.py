@@ -38,6 +38,10 @@ class ContextConfig:
     def threads(self) -> int:
         return self.n_threads or usable_cores()
 
+    def sized(self, n_ctx: int) -> "ContextConfig":
+        """The same knobs for a context of `n_ctx` cells (llama.cpp caps a batch at the context size)."""
+        return replace(self, n_ctx=n_ctx, n_batch=min(self.n_batch, n_ctx), n_ubatch=min(self.n_ubatch, n_ctx))
+
     def validate(self) -> None:
         if self.n_ctx < 16 or self.n_batch < 1 or self.n_ubatch < 1:
             raise InputError(f"n_ctx >= 16, n_batch >= 1 and n_ubatch >= 1 needed, got {self}")
@@ -313,9 +317,8 @@ class LlamaContext(Closeable):
     def with_capacity(self, n_ctx: int) -> "LlamaContext":
         """A context like this one holding `n_ctx` cells, with this one's cache copied in (llama.cpp's own sequence
         state); the caller closes this one. How a segment's cache grows to what it must hold."""
-        config = replace(self.config, n_ctx=n_ctx, n_batch=min(self.config.n_batch, n_ctx),
-                         n_ubatch=min(self.config.n_ubatch, n_ctx))
-        grown = LlamaContext(self.model, config, self.il_begin, self.il_end, self.readout_layer, self.stock)
+        grown = LlamaContext(self.model, self.config.sized(n_ctx), self.il_begin, self.il_end, self.readout_layer,
+                             self.stock)
         try:
             grown.load_state(self.state(), self.pos_max, self.n_tokens)
             return grown

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from atp_cli.cpu import usable_cores
+from atp_cli.errors import InputError
 from atp_cli.pipeline import Pipeline, PipelineConfig
 from atp_cli.server.jobs import Pruning, ServeDefaults
 from atp_cli.server.worker import Worker
@@ -37,17 +38,19 @@ def open_served(pair: tuple[Path, Path], model_id: str, workers: int = 1, defaul
             worker = Worker(Pipeline(*pair, "none", config))
             opened.append(worker)
             worker.install(defaults.pruning)
+        defaults = replace(defaults, low_detail=low_detail_pruning(opened[0].pipe, defaults.low_detail_budget))
     except BaseException:
         for w in opened:
             w.pipe.close()
         raise
-    defaults = replace(defaults, low_detail=low_detail_pruning(opened[0].pipe, defaults.low_detail_budget))
     return Served(model_id=model_id, workers=opened, defaults=defaults, queue_size=queue_size)
 
 
 def low_detail_pruning(pipe: Pipeline, budget: float) -> Pruning:
     """What an image part with detail "low" gets: atp's own operating point at `budget` when the model stores one,
     else CDPruner's selection of that many tokens before the language model (it meets any budget exactly)."""
+    if not 1 <= budget <= pipe.n_visual:
+        raise InputError(f"the low-detail budget {budget:g} is outside 1..{pipe.n_visual} (the model's visual tokens)")
     w = pipe.weights
     if w is not None and w.mlps and any(abs(b - budget) <= 0.5 for b in w.budgets):
         return Pruning("atp", budget)

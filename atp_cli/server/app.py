@@ -10,7 +10,6 @@ request got wrong (checked before any model work where possible) and 500 for the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import threading
@@ -45,10 +44,14 @@ class ApiError(Exception):
         self.status, self.kind, self.code, self.headers = status, kind, code, headers or {}
 
 
-def error_response(status: int, message: str, kind: str, code: str | None = None,
-                   headers: dict | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(message=message, type=kind, code=code))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+def error_body(e: "ApiError") -> ErrorResponse:
+    return ErrorResponse(error=ErrorBody(message=str(e), type=e.kind, code=e.code))
+
+
+def error_response(e: Exception) -> JSONResponse:
+    """The OpenAI error object (and status, headers) of any failure."""
+    err = api_error(e)
+    return JSONResponse(error_body(err).model_dump(), status_code=err.status, headers=err.headers)
 
 
 def api_error(e: Exception) -> ApiError:
@@ -140,12 +143,11 @@ def create_app(served: Served) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), "invalid_request_error")
+        return error_response(ApiError(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(Exception)
     async def any_error(request: Request, exc: Exception) -> JSONResponse:
-        e = api_error(exc)
-        return error_response(e.status, str(e), e.kind, e.code, e.headers)
+        return error_response(exc)
 
     @app.get("/health")
     async def health() -> dict:
@@ -167,15 +169,13 @@ def create_app(served: Served) -> FastAPI:
             job = await asyncio.get_running_loop().run_in_executor(None, read_job, req, served.defaults)
             pool.admit()
         except Exception as e:  # noqa: BLE001 - every failure becomes an OpenAI error object
-            err = api_error(e)
-            return error_response(err.status, str(err), err.kind, err.code, err.headers)
+            return error_response(e)
         run = _Run(pool, executor, job, served.model_id)
         try:
             first = await run.start()
         except Exception as e:  # noqa: BLE001
             run.cancel()
-            err = api_error(e)
-            return error_response(err.status, str(err), err.kind, err.code, err.headers)
+            return error_response(e)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventSourceResponse(run.events(first, include_usage), sep="\n", ping=15)
@@ -256,8 +256,7 @@ class _Run:
                     self.cancel()
                 continue
         if kind == "error":
-            err = api_error(value)
-            return error_response(err.status, str(err), err.kind, err.code, err.headers)
+            return error_response(value)
         out: Outcome = value
         body = ChatCompletion(id=self.id, created=self.created, model=self.model_id,
                               choices=[Choice(message=AssistantMessage(content=out.text),
@@ -273,10 +272,8 @@ class _Run:
             while kind == "text":
                 yield self._chunk(Delta(content=value))
                 kind, value = await self.events_q.get()
-            if kind == "error":
-                err = api_error(value)
-                yield json.dumps(ErrorResponse(error=ErrorBody(message=str(err), type=err.kind,
-                                                               code=err.code)).model_dump())
+            if kind == "error":  # after the first chunk the status is sent: the error goes in the stream
+                yield error_body(api_error(value)).model_dump_json()
             else:
                 out: Outcome = value
                 yield self._chunk(Delta(), out.finish_reason, report=_report(out))

@@ -62,7 +62,7 @@ def _local_file_bytes(url: str, policy: ImagePolicy) -> bytes:
                          "image as a data: URI")
     raw = unquote(urlparse(url).path) if url.startswith("file:") else url
     root = policy.allowed_dir.resolve()
-    path = (root / raw).resolve() if not Path(raw).is_absolute() else Path(raw).resolve()
+    path = (root / raw).resolve()  # an absolute `raw` stands for itself
     if not path.is_relative_to(root):
         raise InputError(f"image files are read only from under {root}")
     if not path.is_file():

@@ -56,6 +56,11 @@ class Job:
         """What the caches must hold for this request to continue them instead of prefilling again."""
         return (self.pruning, self.image_key, self.system, self.transcript)
 
+    def history_after(self, answer: str) -> tuple:
+        """What the caches hold once this request is answered with `answer`."""
+        return (self.pruning, self.image_key, self.system,
+                (*self.transcript, ("user", self.question), ("assistant", answer)))
+
     def transcript_messages(self) -> list[dict]:
         return [{"role": role, "content": text} for role, text in self.transcript]
 
@@ -72,9 +77,9 @@ def read_job(req: ChatRequest, defaults: ServeDefaults) -> Job:
     image_part = _the_image(turns)
     texts = [(m.role, _text_of(m, i)) for i, m in enumerate(turns)]
     image = image_from_url(image_part.image_url.url, defaults.images) if image_part is not None else None
+    if image is not None and not texts[0][1].strip():  # the first user turn is the image alone
+        texts[0] = ("user", IMAGE_ONLY_QUESTION)
     *earlier, (_, question) = texts
-    if not question.strip() and image is not None and len(texts) == 1:
-        question = IMAGE_ONLY_QUESTION
     check_question(question)
     return Job(image=image, image_key=image_key(image) if image is not None else None, system=system,
                transcript=tuple(earlier), question=question, sampler=_sampler(req, defaults.sampler),

@@ -107,22 +107,23 @@ class Worker:
                     break
         finally:
             stream.close()  # an unfinished turn is rolled back: the caches hold the history alone again
-        if not stopped and not was_cancelled and scanner.held:
-            pieces.append(scanner.held)
-            emit(scanner.flush())
-        answer = "".join(pieces)
         complete = not stopped and not was_cancelled
+        if complete and scanner.held:  # the answer ended inside what might have begun a stop sequence
+            pieces.append(scanner.flush())
+            emit(pieces[-1])
+        answer = "".join(pieces)
         self.answered += not was_cancelled
         self.cancelled += was_cancelled
         if complete:
-            self.held_history = (*job.history()[:3], (*job.transcript, ("user", job.question), ("assistant", answer)))
-        return self._outcome(job, conv, answer, complete, stopped, was_cancelled, reused,
+            self.held_history = job.history_after(answer)
+        return self._outcome(job, conv, answer, stopped, was_cancelled, reused,
                              first if first is not None else time.perf_counter() - t0)
 
-    def _outcome(self, job: Job, conv: Conversation, answer: str, complete: bool, stopped: bool,
-                 was_cancelled: bool, reused: bool, first: float) -> Outcome:
+    def _outcome(self, job: Job, conv: Conversation, answer: str, stopped: bool, was_cancelled: bool, reused: bool,
+                 first: float) -> Outcome:
         prefilled = self.pipe.last_result
         fresh = not reused and not job.transcript  # this request prefilled the image with its own question
+        complete = not stopped and not was_cancelled
         completion = conv.last_completion_tokens if complete else len(self.pipe.chat.tokenize(answer, inside=True))
         return Outcome(
             text=answer, finish_reason="stop" if stopped else (conv.finish_reason or "stop"),
