@@ -153,6 +153,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.0, help="projector learning rate in stage 2 (0: frozen)")
     ap.add_argument("--llm-lr", type=float, default=1e-3, help="LoRA learning rate")
     ap.add_argument("--fp32", action="store_true", help="no bfloat16 autocast in stage 2")
+    ap.add_argument("--init-lora", type=Path,
+                    help="stage 2 starts its adapters from this lora.safetensors (e.g. the committed one) instead of "
+                         "zero: a longer recipe continued from a finished one")
     ap.add_argument("--resume", action="store_true",
                     help="stage 2 continues from the snapshot in WORK/lora up to --lora-steps in all")
     ap.add_argument("--resumed-steps", type=int,
@@ -171,6 +174,8 @@ def main() -> None:
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
     ap.add_argument("--lambda-budget", type=float, default=2.0, help="stage 3: weight of the budget loss")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="stage 3: weight of the KL divergence to the unpruned model's answer distribution")
     ap.add_argument("--hard-masks", action="store_true",
                     help="stage 3: forward with inference's hard keep decision (gradient of the soft mask)")
     ap.add_argument("--start-thresholds", type=float, nargs=2, metavar=("THETA_R", "THETA_SP"),
@@ -181,7 +186,7 @@ def main() -> None:
                     help="stage 4: budgets below --budget at which the modules run after a pre-LLM selection")
     ap.add_argument("--theta-sp", type=float, default=0.8, help="stage 4: the fixed SAP threshold")
     ap.add_argument("--debias", action=argparse.BooleanOptionalAction, default=True,
-                    help="stage 4: relevance from distance-debiased attention (atp.scores.debias)")
+                    help="stages 3 and 4: relevance from distance-debiased attention (atp.scores.debias)")
     ap.add_argument("--calibration-questions", type=int, default=12, help="stage 4: validation questions used")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device-run", action="store_true",
@@ -208,7 +213,7 @@ def main() -> None:
     val = split(args.work / "val", "val", args.val_images, sources, args.turns)
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
                              validate_every=args.validate_every, resume_from=args.work / "lora" if args.resume else None,
-                             resumed_steps=args.resumed_steps, rebalance=args.rebalance_turns,
+                             resumed_steps=args.resumed_steps, init_lora=args.init_lora, rebalance=args.rebalance_turns,
                              decay_from=args.decay_from, weight_first=args.weight_first_turns,
                              deadline_s=args.time_budget if args.device_run else None)
     if 1 in stages:
@@ -234,7 +239,8 @@ def main() -> None:
                                             lambda_budget=args.lambda_budget, straight_through=args.hard_masks,
                                             start_thresholds=tuple(args.start_thresholds) if args.start_thresholds
                                             else None,
-                                            steps=args.atp_steps, lr=args.atp_lr, seed=args.seed), on_step=log)
+                                            steps=args.atp_steps, lr=args.atp_lr, distill=args.distill,
+                                            debias=args.debias, seed=args.seed), on_step=log)
     if 4 in stages:
         calibrate_modules(args, atp)
     print(f"wrote {projector}, {lora} and {atp}")

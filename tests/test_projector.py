@@ -120,6 +120,24 @@ def test_a_resumed_run_continues_exactly_where_the_snapshot_stopped(setup, tmp_p
         assert set(a) == set(b) and all(np.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
 
 
+def test_a_run_can_start_from_finished_adapters(setup, tmp_path):
+    """init_lora: the adapters begin as the file holds them (at rate 0 they end so), and the questions the fresh
+    adapters start on are answered with a lower loss from there."""
+    ckpt, data = setup
+    cfg = ProjectorConfig(steps=12, accumulate=2, lr=0.0, llm_lr=1e-2, lora_rank=4, warmup=1)
+    first = train_projector(ckpt, data, tmp_path / "first", cfg)
+    fresh, started = [], []
+    train_projector(ckpt, data, tmp_path / "fresh", ProjectorConfig(**{**vars(cfg), "steps": 2, "llm_lr": 0.0}),
+                    on_step=fresh.append)
+    kept = train_projector(ckpt, data, tmp_path / "kept", ProjectorConfig(
+        **{**vars(cfg), "steps": 2, "llm_lr": 0.0, "init_lora": first / "lora.safetensors"}), on_step=started.append)
+    a, b = load_file(str(first / "lora.safetensors")), load_file(str(kept / "lora.safetensors"))
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert all(s.loss < f.loss for s, f in zip(started, fresh))
+    with pytest.raises(InputError, match="lora_rank"):
+        train_projector(ckpt, data, tmp_path / "x", ProjectorConfig(steps=1, lr=1e-3, init_lora=first / "lora.safetensors"))
+
+
 def test_resuming_needs_the_snapshots_step_and_a_matching_adapter(setup, tmp_path):
     ckpt, data = setup
     cfg = ProjectorConfig(steps=2, accumulate=1, lr=0.0, llm_lr=1e-2, lora_rank=4)

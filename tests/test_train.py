@@ -66,11 +66,13 @@ def _causal_attention(rng, t: int, dropped_keys: np.ndarray) -> np.ndarray:
     return a / a.sum(1, keepdims=True)
 
 
-def test_straight_through_training_decides_as_inference():
+@pytest.mark.parametrize("debias", [False, True])
+def test_straight_through_training_decides_as_inference(debias):
     """Hard forward masks: each module keeps exactly the tokens the numpy AtpStrategy keeps from the same attention,
-    scoring only the tokens still alive, and the thresholds still get a gradient."""
+    scoring only the tokens still alive (with the plain or the distance-debiased relevance), and the thresholds still
+    get a gradient."""
     rng = np.random.default_rng(4)
-    cfg = AtpConfig(n_layer=6, boundaries=(2, 4), grid=(4, 4), hidden=8)
+    cfg = AtpConfig(n_layer=6, boundaries=(2, 4), grid=(4, 4), hidden=8, debias=debias)
     nets = make_nets(cfg)
     with torch.no_grad():
         for net in nets:

@@ -40,6 +40,7 @@ class ProjectorConfig:
     validate_every: int = 50  # steps between measurements on the validation records (when given)
     warmup: int = 10  # steps of linear learning-rate warm-up; constant after it (up to decay_from)
     decay_from: int | None = None  # from this step on, the learning rates fall linearly to 0 at `steps` (None: kept)
+    init_lora: Path | None = None  # adapters to start from (e.g. the committed ones) instead of B = 0; same rank
     resume_from: Path | None = None  # a previous run's `out`: continue from its snapshot up to `steps` in all
     resumed_steps: int | None = None  # steps behind that snapshot, when it has no trainer_state.pt to say so
     deadline_s: float | None = None  # stop (with a snapshot and a validation) once this many seconds have passed
@@ -182,6 +183,10 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     lm = model.model.language_model
     if cfg.lora_rank > 0:
         groups.append({"params": lora.inject(lm, cfg.lora_rank), "lr": cfg.llm_lr})
+        if cfg.init_lora is not None:
+            lora.load(lm, Path(cfg.init_lora))
+    elif cfg.init_lora is not None:
+        raise InputError("init_lora needs LoRA adapters to load into (lora_rank > 0)")
     if not groups:
         raise InputError("nothing to train: the projector's learning rate is 0 and there are no LoRA adapters")
     opt = torch.optim.AdamW(groups)

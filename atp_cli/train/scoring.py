@@ -12,6 +12,7 @@ from torch import nn
 from atp_cli.pruning.atp import ThresholdMLP
 from atp_cli.pruning.config import N_FEATURES, AtpConfig
 from atp_cli.pruning.sap import grid_shape, raster_coords, spatial_scores
+from atp_cli.pruning.scores import relevance_debiased
 
 _QUANTILES = torch.tensor([0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
 
@@ -29,6 +30,19 @@ def relevance(attn_vv: torch.Tensor, attn_tv: torch.Tensor) -> torch.Tensor:
     if attn_tv.shape[0] == 0:
         return s_self
     return (s_self + mean_one(attn_tv.mean(0))) / 2
+
+
+def module_relevance(config: AtpConfig, attn_vv: torch.Tensor, attn_tv: torch.Tensor, query_pos: torch.Tensor,
+                     visual_pos: torch.Tensor) -> torch.Tensor:
+    """(nv,) s_r as the module of `config` computes it: plain, or distance-debiased (config.debias).
+
+    The debiased scores come from inference's own numpy code: scores are read from detached attention (no gradient
+    flows through them, only through the thresholds), so one implementation serves both and cannot drift."""
+    if not config.debias:
+        return relevance(attn_vv, attn_tv)
+    as_np = lambda x: x.detach().cpu().numpy()  # noqa: E731
+    s_r = relevance_debiased(as_np(attn_vv), as_np(attn_tv), as_np(query_pos), as_np(visual_pos))
+    return torch.from_numpy(s_r).to(dtype=attn_vv.dtype, device=attn_vv.device)
 
 
 def spatial(config: AtpConfig, n_visual: int) -> torch.Tensor:

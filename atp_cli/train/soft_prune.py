@@ -20,7 +20,7 @@ from torch import nn
 
 from atp_cli.pruning.config import AtpConfig
 from atp_cli.train.attention import LayerControl
-from atp_cli.train.scoring import ThresholdNet, features, relevance, spatial
+from atp_cli.train.scoring import ThresholdNet, features, module_relevance, spatial
 
 _EPS = 1e-6
 
@@ -44,7 +44,7 @@ class SoftPruning(LayerControl):
         probs = self.records[il - 1][0].detach().double()  # (T, T)
         alive = self.alive()
         v, q, s_sp = self.visual[alive], self.query, self.s_sp[alive]
-        s_r = relevance(probs[v][:, v], probs[q][:, v])
+        s_r = module_relevance(self.config, probs[v][:, v], probs[q][:, v], q, v)
         theta_r, theta_sp = self.nets[m](features(s_r, s_sp, self.mask.mean()))
         tau = self.config.temperature
         keep = torch.maximum(torch.sigmoid(tau * (s_r - theta_r)), torch.sigmoid(tau * (s_sp - theta_sp)))

@@ -50,6 +50,7 @@ class TrainConfig:
     straight_through: bool = False  # True: forward with inference's hard keep decision, soft mask's gradient
     start_thresholds: tuple[float, float] | None = None  # (theta_r, theta_sp) every module starts at; None: keep all
     hidden: int = 64
+    debias: bool = False  # relevance from distance-debiased attention, as the modules will run (AtpConfig.debias)
     seed: int = 0
 
 
@@ -91,7 +92,7 @@ def train(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: TrainC
         raise InputError(f"budget must be in (0, {n_visual}] visual tokens, got {cfg.budget}")
     grid = int(math.isqrt(n_visual))
     atp = AtpConfig(n_layer=n_layer, boundaries=cfg.boundaries or default_boundaries(n_layer),
-                    temperature=cfg.temperature, grid=(grid, grid), hidden=cfg.hidden)
+                    temperature=cfg.temperature, grid=(grid, grid), hidden=cfg.hidden, debias=cfg.debias)
     atp.validate()
     nets = make_nets(atp, cfg.start_thresholds).to(device)
     llm_params = _llm_params(model, cfg)
