@@ -35,20 +35,19 @@ class Section:
     table: str | None = None  # markdown file the command writes (else its stdout is the table)
 
 
-FIDELITY_RUNS = ("docs/bench/fidelity/runs/v2-384-main.json", "docs/bench/fidelity/runs/v2-384-free.json")
+FIDELITY_RUNS = ("docs/bench/fidelity/runs/v2-600-main.json", "docs/bench/fidelity/runs/v2-600-free.json")
 
 SECTIONS = [
     Section("fidelity", "The decisive comparison: fidelity to the unpruned model at 144, 64 and 32 visual tokens",
             [PY, "scripts/combine_quality.py", *FIDELITY_RUNS, "--out", "docs/bench/fidelity"],
             "Balanced held-out test questions of the current default model (every answer of a type equally likely, "
-            "so the blind row scores chance per type; the test split tunes nothing): the first 384 of a 600-question "
-            "run still under way (resumable: the same commands with `--resume`; the first 384 are summarised by "
-            "`-n 384 --resume`). Commands: `atp bench quality --split test --source mix -n 600 --strategies none,atp,"
+            "so the blind row scores chance per type; the test split tunes nothing): 600 questions, each type 50 times "
+            "(the run went in resumable chunks over several sittings: the same commands with `--resume`). Commands: `atp bench quality --split test --source mix -n 600 --strategies none,atp,"
             "hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,uniform,random --budgets 144,64,32 --calibration "
             "cal/val.jsonl --no-peer --threads 1 --out docs/bench/fidelity/runs/v2-main` and `--strategies none,"
             "atp-free --budgets 144,64 --no-blind --out docs/bench/fidelity/runs/v2-free` (atp-free's first module "
             "is at layer 2 of 30, whose two full layers alone average 38.4 tokens, so it has no row at 32). atp runs "
-            "its own thresholds (147 tokens) and the operating points stored with the model at 144, 64 and 32; "
+            "its own thresholds (148 tokens) and the operating points stored with the model at 144, 64 and 32; "
             "calibration: 6 validation questions (`atp data cal --split val -n 6 --source mix`). "
             "Agreement: the greedy answer equals the unpruned one; KL: KL(unpruned || row) of the first answer "
             "token's distribution, in nats; top-1: the most likely first token is the unpruned one. Intervals: 95 % "
