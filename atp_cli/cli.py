@@ -285,8 +285,11 @@ def chat(question: str | None, image: Path, model_dir: Path | None, gguf_file: P
 @click.option("-n", "count", type=click.IntRange(1), default=1000, show_default=True, help="Examples to write.")
 @click.option("--start", type=click.IntRange(0), default=0, show_default=True,
               help="First example index (seeded per index).")
-@click.option("--source", type=click.Choice(["scenes", "mosaics", "mix"]), default="scenes", show_default=True,
-              help="Rendered scenes, Fashion-MNIST mosaics (Debian package dataset-fashion-mnist), or both mixed.")
+@click.option("--source", type=click.Choice(["scenes", "mosaics", "photos", "mix", "train-mix"]), default="scenes",
+              show_default=True,
+              help="Rendered scenes, Fashion-MNIST mosaics (Debian package dataset-fashion-mnist), real photographs "
+                   "asked their questions and answered \"I don't know\", scenes and mosaics mixed, or all three mixed "
+                   "(the default model's training data).")
 @click.option("--photos", is_flag=True, help="Write the demo photos (PNG) into OUT instead of question-answer data.")
 def data(out: Path, split: str, count: int, start: int, source: str, photos: bool) -> None:
     """Write generated question-answer data (images + LLaVA-format JSONL) into OUT."""
@@ -295,11 +298,11 @@ def data(out: Path, split: str, count: int, start: int, source: str, photos: boo
 
         click.echo(f"wrote {len(write_photos(out))} photos into {out}")
         return
-    from atp_cli.data.mix import SOURCES, write_mixed_split
+    from atp_cli.data.mix import MIX, TRAINING_MIX, write_mixed_split
 
     if count < 1:
         raise click.BadParameter("-n must be at least 1")
-    sources = tuple(SOURCES) if source == "mix" else (source,)
+    sources = {"mix": MIX, "train-mix": TRAINING_MIX}.get(source, (source,))
     click.echo(f"wrote {write_mixed_split(out, split, count, sources, start)}")
 
 

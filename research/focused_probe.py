@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atp_cli.data.mix import SOURCES, write_mixed_split  # noqa: E402
+from atp_cli.data.mix import MIX, write_mixed_split  # noqa: E402
 from atp_cli.train.data import load_samples  # noqa: E402
 from atp_cli.train.projector import STATE, ProjectorConfig, train_projector  # noqa: E402
 from research.snapshot_accuracy import score, summary  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
     snapshot = out / "start"
     shutil.copytree(args.work / "lora", snapshot)  # train_projector writes into the folder it resumes from
     train = first_questions(args.work / "data" / "train.jsonl", args.kind, out / "train.jsonl")
-    val_all = write_mixed_split(out / "val-all", "val", args.val_images, tuple(SOURCES))
+    val_all = write_mixed_split(out / "val-all", "val", args.val_images, MIX)
     val = first_questions(val_all, args.kind, out / "val.jsonl")
     answers = Counter(s.answer.lower() for s in load_samples(val))
     print(f"{len(load_samples(train))} training and {sum(answers.values())} validation questions; validation answers "

@@ -126,9 +126,9 @@ SECTIONS = [
 
 def run_section(s: Section) -> None:
     if s.name == "quality":
-        from atp_cli.data.mix import SOURCES, write_mixed_split
+        from atp_cli.data.mix import MIX, write_mixed_split
 
-        write_mixed_split(ROOT / "docs/bench/quality-calibration", "val", 6, tuple(SOURCES))
+        write_mixed_split(ROOT / "docs/bench/quality-calibration", "val", 6, MIX)
     print(f"== {s.name}: {shlex.join(s.command)}", flush=True)
     proc = subprocess.run(s.command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:

@@ -60,7 +60,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atp_cli.data.mix import SOURCES, make_mixed_example, write_mixed_split  # noqa: E402
+from atp_cli.data.mix import MIX, TRAINING_MIX, make_mixed_example, write_mixed_split  # noqa: E402
 from atp_cli.default_model import ARTIFACTS, artifact_paths, assemble_checkpoint  # noqa: E402
 from atp_cli.train.align import AlignConfig, align_projector  # noqa: E402
 from atp_cli.train.lora import export as export_lora  # noqa: E402
@@ -146,6 +146,9 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=2400)
     ap.add_argument("--val-images", type=int, default=40)
     ap.add_argument("--turns", type=int, default=8, help="questions per image")
+    ap.add_argument("--photo-questions", action=argparse.BooleanOptionalAction, default=True,
+                    help="the training split mixes in real photographs whose every question is answered \"I don't "
+                         "know\" (atp_cli.data.photo_questions); validation asks scenes and mosaics only")
     ap.add_argument("--align-images", type=int, default=800)
     ap.add_argument("--align-steps", type=int, default=1500)
     ap.add_argument("--lora-steps", type=int, default=300)
@@ -207,10 +210,10 @@ def main() -> None:
     projector, lora, atp = artifact_paths(args.artifacts)
     args.artifacts.mkdir(parents=True, exist_ok=True)
     stages = {int(s) for s in args.stages.split(",") if s.strip()}
-    sources = tuple(SOURCES)
     split = parallel_split if args.device_run else split_once
-    data = split(args.work / "data", "train", args.train_images, sources, args.turns)
-    val = split(args.work / "val", "val", args.val_images, sources, args.turns)
+    data = split(args.work / "data", "train", args.train_images, TRAINING_MIX if args.photo_questions else MIX,
+                 args.turns)
+    val = split(args.work / "val", "val", args.val_images, MIX, args.turns)  # the same questions for every recipe
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
                              validate_every=args.validate_every, resume_from=args.work / "lora" if args.resume else None,
                              resumed_steps=args.resumed_steps, init_lora=args.init_lora, rebalance=args.rebalance_turns,

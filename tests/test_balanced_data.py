@@ -109,7 +109,7 @@ def test_mixed_split_is_exactly_balanced_per_type_and_answer(synthetic_items):
         ex = make_mixed_example("test", i)
         assert (ex.kind, ex.answer) == balanced_draw("test", i, ("scenes", "mosaics"))[1:]
         by_kind[ex.kind][ex.answer] += 1
-    assert set(by_kind) == set(ANSWERS) and all(sum(c.values()) == 50 for c in by_kind.values())
+    assert set(by_kind) == set(ANSWERS) - {"photo"} and all(sum(c.values()) == 50 for c in by_kind.values())
     for kind, counts in by_kind.items():
         assert set(counts) == set(ANSWERS[kind])
         assert max(counts.values()) - min(counts.values()) <= 1

@@ -14,13 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from atp_cli.data import mosaics, scenes
+from atp_cli.data import mosaics, photo_questions, scenes
 from atp_cli.data.scenes import SPLITS, Example, MakeExample
 from atp_cli.errors import InputError
 
-SOURCES: dict[str, MakeExample] = {"scenes": scenes.make_example, "mosaics": mosaics.make_example}
-SOURCE_ANSWERS = {"scenes": scenes.ANSWERS, "mosaics": mosaics.ANSWERS}
-ANSWERS: dict[str, tuple[str, ...]] = {**scenes.ANSWERS, **mosaics.ANSWERS}
+SOURCES: dict[str, MakeExample] = {"scenes": scenes.make_example, "mosaics": mosaics.make_example,
+                                   "photos": photo_questions.make_example}
+SOURCE_ANSWERS = {"scenes": scenes.ANSWERS, "mosaics": mosaics.ANSWERS, "photos": photo_questions.ANSWERS}
+# the types in this order seed their answers' draw (`balanced_draw`): a new source goes at the end
+ANSWERS: dict[str, tuple[str, ...]] = {**scenes.ANSWERS, **mosaics.ANSWERS, **photo_questions.ANSWERS}
+MIX: tuple[str, ...] = ("scenes", "mosaics")  # `--source mix`: what the benchmarks ask (questions with answers)
+TRAINING_MIX: tuple[str, ...] = (*MIX, "photos")  # the default model also learns to say it does not know
 SEED_STREAM = 20  # added to the split's seed; scenes use 0, mosaics 10
 
 
@@ -30,7 +34,7 @@ def _check(sources: tuple[str, ...]) -> None:
         raise InputError(f"sources must be one or more of {list(SOURCES)}, got {list(sources)}")
 
 
-def make_mixed_example(split: str, index: int, sources: tuple[str, ...] = ("scenes", "mosaics")) -> Example:
+def make_mixed_example(split: str, index: int, sources: tuple[str, ...] = MIX) -> Example:
     """Example `index` of `split`, its question type and answer from `balanced_draw`."""
     _check(sources)
     if split not in SPLITS:
@@ -56,7 +60,7 @@ def balanced_draw(split: str, index: int, sources: tuple[str, ...]) -> tuple[str
     return source, kind, answers[int(np.random.default_rng([stream, cycle, kind_seed]).permutation(len(answers))[turn])]
 
 
-def write_mixed_split(out: str | Path, split: str, n: int, sources: tuple[str, ...] = ("scenes", "mosaics"),
+def write_mixed_split(out: str | Path, split: str, n: int, sources: tuple[str, ...] = MIX,
                       start: int = 0, turns: int = 1) -> Path:
     """Like scenes.write_split, with each example drawn from one of `sources`."""
     sources = tuple(sources)
