@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from atp_cli.bench.cli import bench
-from atp_cli.cli_types import THREADS, FiniteRange, PathType, comma_floats
+from atp_cli.cli_types import DATA_SOURCES, THREADS, FiniteRange, PathType, comma_floats
 from atp_cli.errors import AtpError
 
 EXAMPLE_IMAGE = Path(__file__).resolve().parent / "examples" / "sunset.png"
@@ -285,7 +285,7 @@ def chat(question: str | None, image: Path, model_dir: Path | None, gguf_file: P
 @click.option("-n", "count", type=click.IntRange(1), default=1000, show_default=True, help="Examples to write.")
 @click.option("--start", type=click.IntRange(0), default=0, show_default=True,
               help="First example index (seeded per index).")
-@click.option("--source", type=click.Choice(["scenes", "mosaics", "photos", "mix", "train-mix"]), default="scenes",
+@click.option("--source", type=click.Choice(DATA_SOURCES), default="scenes",
               show_default=True,
               help="Rendered scenes, Fashion-MNIST mosaics (Debian package dataset-fashion-mnist), real photographs "
                    "asked their questions and answered \"I don't know\", scenes and mosaics mixed, or all three mixed "
@@ -298,11 +298,11 @@ def data(out: Path, split: str, count: int, start: int, source: str, photos: boo
 
         click.echo(f"wrote {len(write_photos(out))} photos into {out}")
         return
-    from atp_cli.data.mix import MIX, TRAINING_MIX, write_mixed_split
+    from atp_cli.data.mix import sources_named, write_mixed_split
 
     if count < 1:
         raise click.BadParameter("-n must be at least 1")
-    sources = {"mix": MIX, "train-mix": TRAINING_MIX}.get(source, (source,))
+    sources = sources_named(source)
     click.echo(f"wrote {write_mixed_split(out, split, count, sources, start)}")
 
 

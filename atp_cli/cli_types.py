@@ -37,3 +37,8 @@ def comma_floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError as e:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
+
+
+# what `--source` accepts: atp_cli.data.mix.SOURCE_CHOICES (tested equal), named here so that the CLI starts without
+# importing the generators (numpy, PIL)
+DATA_SOURCES = ("scenes", "mosaics", "photos", "mix", "train-mix")

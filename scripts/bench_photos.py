@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: every core)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "photos")
     args = ap.parse_args()
+    if args.per_photo < 1 or args.scenes < 0:
+        ap.error("--per-photo must be at least 1 and --scenes at least 0")
     folder = args.model or build_default_model(DEFAULT_DIR)
     cfg = PipelineConfig(context=ContextConfig(n_ctx=1024, n_threads=args.threads))
     per_photo: dict[str, list[tuple[str, str]]] = {}

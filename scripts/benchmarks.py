@@ -42,7 +42,8 @@ SECTIONS = [
             [PY, "scripts/combine_quality.py", *FIDELITY_RUNS, "--out", "docs/bench/fidelity"],
             "Balanced held-out test questions of the current default model (every answer of a type equally likely, "
             "so the blind row scores chance per type; the test split tunes nothing): 600 questions, each type 50 times "
-            "(the run went in resumable chunks over several sittings: the same commands with `--resume`). Commands: `atp bench quality --split test --source mix -n 600 --strategies none,atp,"
+            "(the run went in resumable chunks over several sittings: the same commands with `--resume`). "
+            "Commands: `atp bench quality --split test --source mix -n 600 --strategies none,atp,"
             "hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,uniform,random --budgets 144,64,32 --calibration "
             "cal/val.jsonl --no-peer --threads 1 --out docs/bench/fidelity/runs/v2-main` and `--strategies none,"
             "atp-free --budgets 144,64 --no-blind --out docs/bench/fidelity/runs/v2-free` (atp-free's first module "

@@ -8,8 +8,9 @@ in two runs, because stage 2 was resumed from a snapshot that predates the saved
 from a third that writes the calibrated start of stage 3 without training it (research/TRAINING_NOTES.md: 40 trained
 steps from there scored 3 of 154 validation questions lower):
 
-  python scripts/train_default_model.py --stages 1,2 --work /tmp/atp-ml --lora-steps 40
-  python scripts/train_default_model.py --stages 2 --work /tmp/atp-ml --lora-steps 120 --resume --resumed-steps 40
+  python scripts/train_default_model.py --stages 1,2 --work /tmp/atp-ml --lora-steps 40 --no-photo-questions
+  python scripts/train_default_model.py --stages 2 --work /tmp/atp-ml --lora-steps 120 --resume --resumed-steps 40 \
+      --no-photo-questions
   python scripts/train_default_model.py --stages 3 --work /tmp/atp-ml --boundaries 2 10 20 --atp-steps 0 \
       --start-thresholds 0.923 0.8
 

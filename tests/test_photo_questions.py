@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from atp_cli.cli import cli
 from atp_cli.data import mosaics, photo_questions, scenes
-from atp_cli.data.mix import MIX, TRAINING_MIX, balanced_draw, make_mixed_example
+from atp_cli.cli_types import DATA_SOURCES
+from atp_cli.data.mix import MIX, SOURCE_CHOICES, TRAINING_MIX, balanced_draw, make_mixed_example
 from atp_cli.data.photos import PHOTOS
 from atp_cli.errors import InputError
 from tests.test_mosaics import synthetic_items  # noqa: F401  (autouse: mosaics from synthetic items, no apt package)
@@ -64,6 +65,7 @@ def test_the_training_mix_holds_every_type_equally_often_and_the_benchmark_mix_i
 
 
 def test_atp_data_writes_photo_questions(tmp_path):
+    assert DATA_SOURCES == SOURCE_CHOICES  # the CLI's list of sources is the generators' own
     res = CliRunner().invoke(cli, ["data", str(tmp_path), "--split", "val", "-n", "2", "--source", "photos"])
     assert res.exit_code == 0, res.output
     records = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text().splitlines()]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from atp_cli.cli_types import THREADS, FiniteRange, PathType, comma_floats
+from atp_cli.cli_types import DATA_SOURCES, THREADS, FiniteRange, PathType, comma_floats
 from atp_cli.paths import cache_dir
 
 DEFAULT_STRATEGIES = "none,atp,atp-free,hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,uniform,random"
@@ -29,11 +29,11 @@ def _plans(strategies: list[str], budgets: list[float], atp_points: tuple[float,
 
 
 def _split_rows(data: Path | None, split: str, count: int, source: str, out: Path) -> list[dict]:
-    from atp_cli.data.mix import MIX, TRAINING_MIX, write_mixed_split
+    from atp_cli.data.mix import sources_named, write_mixed_split
     from atp_cli.evaluation import load_split
 
     if data is None:
-        sources = {"mix": MIX, "train-mix": TRAINING_MIX}.get(source, (source,))
+        sources = sources_named(source)
         data = write_mixed_split(out / f"data-{split}-{source}", split, count, sources)
     return load_split(data, count)
 
@@ -47,7 +47,7 @@ def bench() -> None:
 @click.option("--model", "model_dir", type=PathType(path_type=Path), help="Converted model folder (default model).")
 @click.option("--data", type=PathType(path_type=Path), help="LLaVA-format JSONL; default: generate --split.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--source", type=click.Choice(["scenes", "mosaics", "photos", "mix", "train-mix"]), default="scenes",
+@click.option("--source", type=click.Choice(DATA_SOURCES), default="scenes",
               show_default=True)
 @click.option("-n", "count", type=click.IntRange(1), default=60, show_default=True, help="Questions.")
 @click.option("--strategies", default=DEFAULT_STRATEGIES, show_default=True)

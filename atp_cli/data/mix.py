@@ -25,6 +25,13 @@ SOURCE_ANSWERS = {"scenes": scenes.ANSWERS, "mosaics": mosaics.ANSWERS, "photos"
 ANSWERS: dict[str, tuple[str, ...]] = {**scenes.ANSWERS, **mosaics.ANSWERS, **photo_questions.ANSWERS}
 MIX: tuple[str, ...] = ("scenes", "mosaics")  # `--source mix`: what the benchmarks ask (questions with answers)
 TRAINING_MIX: tuple[str, ...] = (*MIX, "photos")  # the default model also learns to say it does not know
+NAMED_MIXES: dict[str, tuple[str, ...]] = {"mix": MIX, "train-mix": TRAINING_MIX}
+SOURCE_CHOICES: tuple[str, ...] = (*SOURCES, *NAMED_MIXES)  # what `--source` accepts
+
+
+def sources_named(name: str) -> tuple[str, ...]:
+    """The sources `--source NAME` stands for: one source, or a named mix of them."""
+    return NAMED_MIXES.get(name, (name,))
 SEED_STREAM = 20  # added to the split's seed; scenes use 0, mosaics 10
 
 

@@ -166,6 +166,8 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     checkpoint, out = Path(checkpoint), Path(out)
     if cfg.decay_from is not None and not 0 <= cfg.decay_from < cfg.steps:
         raise InputError(f"decay_from must lie in [0, steps = {cfg.steps}), got {cfg.decay_from}")
+    if cfg.init_lora is not None and cfg.lora_rank <= 0:
+        raise InputError("init_lora needs LoRA adapters to load into (lora_rank > 0)")
     samples = load_samples(data)
     if cfg.rebalance:
         samples = rebalance_turns(samples, cfg.seed)
@@ -185,8 +187,6 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
         groups.append({"params": lora.inject(lm, cfg.lora_rank), "lr": cfg.llm_lr})
         if cfg.init_lora is not None:
             lora.load(lm, Path(cfg.init_lora))
-    elif cfg.init_lora is not None:
-        raise InputError("init_lora needs LoRA adapters to load into (lora_rank > 0)")
     if not groups:
         raise InputError("nothing to train: the projector's learning rate is 0 and there are no LoRA adapters")
     opt = torch.optim.AdamW(groups)
