@@ -45,6 +45,7 @@ def main() -> None:
     from atp_cli.default_model import DEFAULT_DIR, build_default_model
     from atp_cli.pipeline import Pipeline, PipelineConfig
     from atp_cli.runtime.context import ContextConfig
+    from atp_cli.runtime.log import quiet_llama_logs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="model folder (default: the default model)")
@@ -56,6 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.per_photo < 1 or args.scenes < 0:
         ap.error("--per-photo must be at least 1 and --scenes at least 0")
+    quiet_llama_logs()  # the answers, not llama.cpp's per-image messages
     folder = args.model or build_default_model(DEFAULT_DIR)
     cfg = PipelineConfig(context=ContextConfig(n_ctx=1024, n_threads=args.threads))
     per_photo: dict[str, list[tuple[str, str]]] = {}
