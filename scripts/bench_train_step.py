@@ -50,6 +50,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.steps < 2:
         sys.exit("--steps must be at least 2: the first step warms up and is not timed")
+    if args.threads < 0:
+        sys.exit("--threads must be 0 (every usable core) or more")
     import torch
 
     from atp_cli.data.mix import TRAINING_MIX, write_mixed_split

@@ -41,9 +41,9 @@ SECTIONS = [
     Section("fidelity", "The decisive comparison: fidelity to the unpruned model at 144, 64 and 32 visual tokens",
             [PY, "scripts/combine_quality.py", *FIDELITY_RUNS, "--out", "docs/bench/fidelity"],
             "Balanced held-out test questions of the default model of commit 2df3534, before its stage 2b "
-            "(`docs/TRAINING.md`; the current model is measured there on the same 600 questions) (every answer of a "
-            "type equally likely, "
-            "so the blind row scores chance per type; the test split tunes nothing): 600 questions, each type 50 times "
+            "(the current model is measured on the same 600 questions in `docs/TRAINING.md`); every answer of a "
+            "type is equally likely, so the blind row scores chance per type; the test split tunes nothing. "
+            "600 questions, each type 50 times "
             "(the run went in resumable chunks over several sittings: the same commands with `--resume`). "
             "Commands: `atp bench quality --split test --source mix -n 600 --strategies none,atp,"
             "hybrid,cdpruner,dart,fastv,pdrop,visionzip-style,uniform,random --budgets 144,64,32 --calibration "
