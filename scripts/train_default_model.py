@@ -93,6 +93,22 @@ def split_once(out: Path, split: str, n: int, sources: tuple[str, ...], turns: i
     return written
 
 
+def focus_pair(text: str) -> tuple[str, float]:
+    """`--focus TYPE=FACTOR`: a question type of the generators and the factor its turns' loss weight is scaled by."""
+    from atp_cli.data.mix import ANSWERS
+
+    kind, sep, factor = text.partition("=")
+    if not sep or kind not in ANSWERS:
+        raise argparse.ArgumentTypeError(f"expected TYPE=FACTOR with TYPE one of {sorted(ANSWERS)}, got {text!r}")
+    try:
+        value = float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"FACTOR must be a number, got {factor!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"FACTOR must be finite and >= 0, got {factor!r}")
+    return kind, value
+
+
 def device_defaults(args: argparse.Namespace) -> None:
     """--device-run: what an accelerator makes affordable within its few minutes, unless given otherwise; the
     artifacts go to $OUT, which the device tool brings back (a few small files)."""
@@ -174,6 +190,9 @@ def main() -> None:
     ap.add_argument("--weight-first-turns", action="store_true",
                     help="stage 2: weight each turn's loss by its (type, answer)'s share among first turns over its "
                          "share among all turns (atp_cli.train.data.first_turn_weights)")
+    ap.add_argument("--focus", type=focus_pair, nargs="+", default=[], metavar="TYPE=FACTOR",
+                    help="stage 2: multiply the loss weight of these question types' turns, e.g. position=3 "
+                         "relation=2 (atp_cli.train.data.focused)")
     ap.add_argument("--atp-steps", type=int, default=50)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
@@ -218,7 +237,7 @@ def main() -> None:
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
                              validate_every=args.validate_every, resume_from=args.work / "lora" if args.resume else None,
                              resumed_steps=args.resumed_steps, init_lora=args.init_lora, rebalance=args.rebalance_turns,
-                             decay_from=args.decay_from, weight_first=args.weight_first_turns,
+                             decay_from=args.decay_from, weight_first=args.weight_first_turns, focus=tuple(args.focus),
                              deadline_s=args.time_budget if args.device_run else None)
     if 1 in stages:
         base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=args.feature_layer)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from atp_cli.errors import InputError
-from atp_cli.train.data import Sample, first_turn_weights, rebalance_turns, turn_weights
+from atp_cli.train.data import Sample, first_turn_weights, focused, rebalance_turns, turn_weights
 
 
 def _sample(i: int, turns: list[tuple[str, str]], kinds: list[str]) -> Sample:
@@ -98,3 +98,30 @@ def test_untyped_turns_weigh_one_and_untyped_data_is_refused():
     assert turn_weights(untyped, first_turn_weights(_records()))[1] == 1.0
     with pytest.raises(InputError, match="kinds"):
         first_turn_weights([Sample(Path("a.png"), (("q", "a"),))])
+
+
+def test_focus_multiplies_the_named_types_turns_and_nothing_else():
+    samples = _records()
+    base = first_turn_weights(samples)
+    scaled = focused(base, samples, {"count": 3.0})
+    assert scaled.keys() == base.keys()
+    for (kind, answer), w in base.items():
+        assert scaled[kind, answer] == pytest.approx(w * (3.0 if kind == "count" else 1.0))
+    assert focused(base, samples, {}) is base  # no focus: the weights as they were
+
+
+def test_focus_without_first_turn_weights_starts_from_one_per_turn():
+    samples = _records()
+    scaled = focused(None, samples, {"colour": 2.0})
+    assert focused(None, samples, {}) is None
+    record = samples[0]  # nine count turns, then a colour turn
+    assert list(turn_weights(record, scaled)) == [1.0] * 10 + [2.0]
+    assert turn_weights(samples[-1], scaled)[1] == 1.0  # an untyped turn keeps weight 1
+
+
+def test_focus_on_an_unknown_type_or_a_negative_factor_is_refused():
+    samples = _records()
+    with pytest.raises(InputError, match="positon"):
+        focused(None, samples, {"positon": 2.0})
+    with pytest.raises(InputError, match="finite"):
+        focused(None, samples, {"count": -1.0})

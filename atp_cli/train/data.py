@@ -92,6 +92,27 @@ def first_turn_weights(samples: list[Sample], cap: float = WEIGHT_CAP) -> dict[t
     return {pair: min(cap, (first[pair] / n_first) / (n / n_all)) for pair, n in every.items()}
 
 
+def focused(weights: dict[tuple[str, str], float] | None, samples: list[Sample],
+            focus: dict[str, float]) -> dict[tuple[str, str], float] | None:
+    """`weights` (None: 1 for every (type, answer) of the samples) with each turn of a type in `focus` multiplied
+    by its factor; None when there is nothing to scale.
+
+    Why: a model continued from adapters that already read colours and shapes spends most of its loss on what it
+    knows; raising the weight of the types it fails (position, relation, the mosaic's cells) puts the gradient there
+    without new data or a new sampler (a turn is cheap next to the image it shares)."""
+    if not focus:
+        return weights
+    if any(f < 0 or not np.isfinite(f) for f in focus.values()):
+        raise InputError(f"focus factors must be finite and >= 0, got {focus}")
+    if weights is None:
+        weights = {(kind, answer): 1.0 for first in (True, False)
+                   for kind, counts in answer_shares(samples, first).items() for answer in counts}
+    unknown = set(focus) - {kind for kind, _ in weights}
+    if unknown:
+        raise InputError(f"focus names question types the training data does not ask: {sorted(unknown)}")
+    return {(kind, answer): w * focus.get(kind, 1.0) for (kind, answer), w in weights.items()}
+
+
 def turn_weights(sample: Sample, weights: dict[tuple[str, str], float]) -> np.ndarray:
     """(len(turns),) the weight of each turn of `sample`; 1 for a turn without a question type."""
     return np.array([weights.get((sample.kinds[k], answer.lower()), 0.0) if k < len(sample.kinds) else 1.0

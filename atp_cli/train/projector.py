@@ -21,7 +21,7 @@ import torch
 from atp_cli.errors import InputError
 from atp_cli.image_input import load_image, pixel_values
 from atp_cli.train import lora
-from atp_cli.train.data import (PackedTokens, Sample, encode_packed, first_turn_weights, load_samples,
+from atp_cli.train.data import (PackedTokens, Sample, encode_packed, first_turn_weights, focused, load_samples,
                                 rebalance_turns, turn_weights)
 from atp_cli.train.model_io import bf16_is_fast, copy_side_files, image_setup, load_model
 from atp_cli.train.trainer import StepLog
@@ -46,6 +46,7 @@ class ProjectorConfig:
     deadline_s: float | None = None  # stop (with a snapshot and a validation) once this many seconds have passed
     rebalance: bool = False  # thin later turns whose answers are skewed against first turns (data.rebalance_turns)
     weight_first: bool = False  # weight each turn's loss toward the first turns' mix (data.first_turn_weights)
+    focus: tuple[tuple[str, float], ...] = ()  # (type, factor): those types' turns weigh more (data.focused)
 
 
 def tower_features(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -171,7 +172,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     samples = load_samples(data)
     if cfg.rebalance:
         samples = rebalance_turns(samples, cfg.seed)
-    weights = first_turn_weights(samples) if cfg.weight_first else None
+    weights = focused(first_turn_weights(samples) if cfg.weight_first else None, samples, dict(cfg.focus))
     held_out = load_samples(validation) if validation is not None else []
     model, tokenizer, device = load_model(checkpoint, cfg.seed)
     size, n_visual, mean, std = image_setup(model, checkpoint)
