@@ -24,6 +24,7 @@ class Sample:
     image: Path
     turns: tuple[tuple[str, str], ...]  # (question without the placeholder, answer), in the record's order
     kinds: tuple[str, ...] = ()  # question type per turn, where the record names them (generated data does)
+    objects: int | None = None  # how many things the image shows, where the record says (generated data does)
 
     @property
     def question(self) -> str:
@@ -46,7 +47,10 @@ def _parse(record: dict, base: Path, where: str) -> Sample:
         raise InputError(f"{where}: not a LLaVA record with an image and a human/gpt pair")
     turns = tuple((h.replace(IMAGE_PLACEHOLDER, "").strip(), g.strip()) for h, g in zip(humans, gpts))
     kinds = record.get("kinds") or ([record["kind"]] if "kind" in record else [])
-    return Sample(image, turns, tuple(str(k) for k in kinds[: len(turns)]))
+    objects = record.get("objects")
+    if objects is not None and (isinstance(objects, bool) or not isinstance(objects, int) or objects < 0):
+        raise InputError(f"{where}: 'objects' must be a count (an integer >= 0), got {objects!r}")
+    return Sample(image, turns, tuple(str(k) for k in kinds[: len(turns)]), objects)
 
 
 def load_samples(path: str | Path) -> list[Sample]:

@@ -39,7 +39,9 @@ took about 45 s and a stage 3 step about 35 s. Learning rates are constant after
 snapshot at step N (saved every 25 steps in --work, with the optimiser's state) equals a run of N steps, and
 --resume continues it exactly; --decay-from S lets them fall linearly to zero from step S on, and a snapshot of
 step S resumes into that decay. --weight-first-turns weights each turn's loss toward the first questions' mix of
-types and answers (what evaluation asks; research/TRAINING_NOTES.md). A GPU is used when present.
+types and answers (what evaluation asks; research/TRAINING_NOTES.md); --focus position=3 multiplies a type's
+weight on top; --curriculum STEPS draws records easy-first (fewest objects first) over the first STEPS steps.
+A GPU is used when present.
 
 On a lent accelerator (16 cores, one GPU, minutes of time) one command does the whole recipe and leaves the artifacts
 in $OUT: `OUT=out python scripts/train_default_model.py --device-run --work /tmp/atp-device --train-images 20000
@@ -193,6 +195,9 @@ def main() -> None:
     ap.add_argument("--focus", type=focus_pair, nargs="+", default=[], metavar="TYPE=FACTOR",
                     help="stage 2: multiply the loss weight of these question types' turns, e.g. position=3 "
                          "relation=2 (atp_cli.train.data.focused)")
+    ap.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
+                    help="stage 2: over the first STEPS steps the records come easy-first, from the quarter whose "
+                         "images show the fewest objects (one shape, few cells) to all of them (0: none)")
     ap.add_argument("--atp-steps", type=int, default=50)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
@@ -231,13 +236,15 @@ def main() -> None:
     args.artifacts.mkdir(parents=True, exist_ok=True)
     stages = {int(s) for s in args.stages.split(",") if s.strip()}
     split = parallel_split if args.device_run else split_once
+    # stage 1 draws its examples itself and stage 4 asks validation questions of its own: only 2 and 3 read splits
     data = split(args.work / "data", "train", args.train_images, TRAINING_MIX if args.photo_questions else MIX,
-                 args.turns)
-    val = split(args.work / "val", "val", args.val_images, MIX, args.turns)  # the same questions for every recipe
+                 args.turns) if stages & {2, 3} else None
+    val = split(args.work / "val", "val", args.val_images, MIX, args.turns) if 2 in stages else None  # every recipe
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
                              validate_every=args.validate_every, resume_from=args.work / "lora" if args.resume else None,
                              resumed_steps=args.resumed_steps, init_lora=args.init_lora, rebalance=args.rebalance_turns,
                              decay_from=args.decay_from, weight_first=args.weight_first_turns, focus=tuple(args.focus),
+                             curriculum=args.curriculum,
                              deadline_s=args.time_budget if args.device_run else None)
     if 1 in stages:
         base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=args.feature_layer)

@@ -38,3 +38,14 @@ def test_device_run_leaves_small_artifacts_in_out(tmp_path):
 
     weights = load_safetensors(out / "atp.safetensors")
     assert weights.budgets[0] == 144 and 64.0 in weights.budgets and weights.config.debias
+
+
+def test_focus_pairs_name_a_question_type_and_a_factor():
+    import argparse
+
+    from scripts.train_default_model import focus_pair
+
+    assert focus_pair("position=3") == ("position", 3.0)
+    for bad in ("position", "positon=3", "position=x", "position=-1", "position=inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            focus_pair(bad)

@@ -66,6 +66,11 @@ class MosaicExample(Example):
     # (SIZE, SIZE): cell index + 1 where the cell's item is inked, 0 elsewhere
     regions: np.ndarray | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def objects(self) -> int:
+        """The filled cells."""
+        return sum(c is not None for c in self.cells)
+
     def patch_words(self, grid: int) -> list[tuple[str, ...]] | None:
         """Per patch (row-major), the item's name and its cell's position words, or ("background",)."""
         if self.regions is None:

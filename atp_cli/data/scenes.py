@@ -68,6 +68,11 @@ class Example:
         """Per patch of a grid x grid tiling, the words that describe what covers it; None where unknown."""
         return None
 
+    @property
+    def objects(self) -> int | None:
+        """How many things the image shows (a curriculum's measure of difficulty); None where unknown."""
+        return None
+
     def more_questions(self, rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
         """Up to n further (question, answer, kind) about the same image, none asked twice (nor the example's own);
         none unless the source knows the image's content (`_draw_question`)."""
@@ -89,6 +94,11 @@ class Example:
 class SceneExample(Example):
     items: tuple[Item, ...] = ()
     word: str | None = None
+
+    @property
+    def objects(self) -> int:
+        """The shapes, and the word when one is written."""
+        return len(self.items) + (self.word is not None)
 
     def patch_words(self, grid: int) -> list[tuple[str, ...]]:
         """Per patch of a grid x grid tiling (row-major), the words that describe what covers it: colour, shape and
@@ -390,8 +400,10 @@ def write_split(out: str | Path, split: str, n: int, start: int = 0, make: MakeE
         ex.image.save(tmp, format="PNG")
         os.replace(tmp, out / rel)
         conversation, kinds = _turns(ex, split, i, turns)
-        lines.append(json.dumps({"id": f"{split}-{i}", "image": rel, "kind": ex.kind, "kinds": kinds,
-                                 "conversations": conversation}))
+        record = {"id": f"{split}-{i}", "image": rel, "kind": ex.kind, "kinds": kinds, "conversations": conversation}
+        if ex.objects is not None:
+            record["objects"] = ex.objects
+        lines.append(json.dumps(record))
     path = out / f"{split}.jsonl"
     tmp = path.with_name(path.name + ".part")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

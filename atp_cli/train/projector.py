@@ -9,6 +9,7 @@ without gradients, and kept for later epochs.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class ProjectorConfig:
     rebalance: bool = False  # thin later turns whose answers are skewed against first turns (data.rebalance_turns)
     weight_first: bool = False  # weight each turn's loss toward the first turns' mix (data.first_turn_weights)
     focus: tuple[tuple[str, float], ...] = ()  # (type, factor): those types' turns weigh more (data.focused)
+    curriculum: int = 0  # steps over which records come easy-first, few objects to many (`_order`); 0: none
 
 
 def tower_features(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -128,9 +130,23 @@ def lr_factor(step: int, cfg: ProjectorConfig) -> float:
     return factor
 
 
-def _order(samples: list[Sample], seed: int):
-    """Records in a fresh seeded permutation each epoch."""
+CURRICULUM_START = 0.25  # the easiest share of the records a curriculum draws from at its first step
+
+
+def _order(samples: list[Sample], seed: int, curriculum: int = 0):
+    """Records in a fresh seeded permutation each epoch; with `curriculum` > 0, first that many records drawn
+    easy-first: ranked by how many things their image shows (`Sample.objects`; ties and records without a count in
+    seeded random places), the k-th drawn at random from the easiest share k / curriculum of the ranking (at least
+    CURRICULUM_START), so one object and few cells come first and the whole set is in play by the end of the ramp."""
     rng = random.Random(seed)
+    if curriculum > 0:
+        known = [s.objects for s in samples if s.objects is not None]
+        low, high = (min(known), max(known)) if known else (0, 0)
+        rank = {id(s): (s.objects if s.objects is not None else rng.uniform(low, high), rng.random()) for s in samples}
+        ranked = sorted(samples, key=lambda s: rank[id(s)])
+        for k in range(curriculum):
+            share = max(CURRICULUM_START, (k + 1) / curriculum)
+            yield ranked[rng.randrange(max(1, math.ceil(share * len(ranked))))]
     while True:
         epoch = list(samples)
         rng.shuffle(epoch)
@@ -167,6 +183,8 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     checkpoint, out = Path(checkpoint), Path(out)
     if cfg.decay_from is not None and not 0 <= cfg.decay_from < cfg.steps:
         raise InputError(f"decay_from must lie in [0, steps = {cfg.steps}), got {cfg.decay_from}")
+    if not 0 <= cfg.curriculum <= cfg.steps:
+        raise InputError(f"curriculum must lie in [0, steps = {cfg.steps}], got {cfg.curriculum}")
     if cfg.init_lora is not None and cfg.lora_rank <= 0:
         raise InputError("init_lora needs LoRA adapters to load into (lora_rank > 0)")
     samples = load_samples(data)
@@ -195,7 +213,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(start + k, cfg))
     features = FeatureCache(model, size, mean, std)
     image_id = model.config.image_token_index
-    records = _order(samples, cfg.seed)
+    records = _order(samples, cfg.seed, cfg.curriculum * cfg.accumulate)
     for _ in range(start * cfg.accumulate):  # the records the earlier steps took, so the order goes on as it was
         next(records)
     began = time.monotonic()
