@@ -40,7 +40,7 @@ FIDELITY_RUNS = ("docs/bench/fidelity/runs/v2-600-main.json", "docs/bench/fideli
 SECTIONS = [
     Section("fidelity", "The decisive comparison: fidelity to the unpruned model at 144, 64 and 32 visual tokens",
             [PY, "scripts/combine_quality.py", *FIDELITY_RUNS, "--out", "docs/bench/fidelity"],
-            "Balanced held-out test questions of the default model of commit 2df3534, before its stage 2b "
+            "Balanced held-out test questions of the default model of commit 2df3534, before its stages 2b and 2c "
             "(the current model is measured on the same 600 questions in `docs/TRAINING.md`); every answer of a "
             "type is equally likely, so the blind row scores chance per type; the test split tunes nothing. "
             "600 questions, each type 50 times "
