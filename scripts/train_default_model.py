@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT))
 
 from atp_cli.data.mix import MIX, TRAINING_MIX, make_mixed_example, write_mixed_split  # noqa: E402
 from atp_cli.default_model import ARTIFACTS, artifact_paths, assemble_checkpoint  # noqa: E402
+from atp_cli.errors import InputError  # noqa: E402
 from atp_cli.train.align import AlignConfig, align_projector  # noqa: E402
 from atp_cli.train.lora import export as export_lora  # noqa: E402
 from atp_cli.train.projector import ProjectorConfig, train_projector  # noqa: E402
@@ -243,8 +244,8 @@ def main() -> None:
     packed = ProjectorConfig(lr=args.lr, llm_lr=args.llm_lr, bf16=not args.fp32, seed=args.seed,
                              validate_every=args.validate_every, resume_from=args.work / "lora" if args.resume else None,
                              resumed_steps=args.resumed_steps, init_lora=args.init_lora, rebalance=args.rebalance_turns,
-                             decay_from=args.decay_from, weight_first=args.weight_first_turns, focus=tuple(args.focus),
-                             curriculum=args.curriculum,
+                             decay_from=args.decay_from, weight_first=args.weight_first_turns,
+                             focus=tuple(args.focus), curriculum=args.curriculum,
                              deadline_s=args.time_budget if args.device_run else None)
     if 1 in stages:
         base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=args.feature_layer)
@@ -311,4 +312,7 @@ def calibrate_modules(args: argparse.Namespace, atp: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a bad option or file (e.g. --curriculum beyond --lora-steps): its message, no traceback
+        sys.exit(f"error: {e}")

@@ -142,8 +142,8 @@ def _order(samples: list[Sample], seed: int, curriculum: int = 0):
     if curriculum > 0:
         known = [s.objects for s in samples if s.objects is not None]
         low, high = (min(known), max(known)) if known else (0, 0)
-        rank = {id(s): (s.objects if s.objects is not None else rng.uniform(low, high), rng.random()) for s in samples}
-        ranked = sorted(samples, key=lambda s: rank[id(s)])
+        keys = [(s.objects if s.objects is not None else rng.uniform(low, high), rng.random()) for s in samples]
+        ranked = [samples[i] for i in sorted(range(len(samples)), key=keys.__getitem__)]
         for k in range(curriculum):
             share = max(CURRICULUM_START, (k + 1) / curriculum)
             yield ranked[rng.randrange(max(1, math.ceil(share * len(ranked))))]
