@@ -83,6 +83,21 @@ def main() -> None:
             print(f"{name} on {args.kind}: {dict(tally.most_common())}")
         gold = Counter(q["answer"] for q in questions if q["kind"] == args.kind)
         print(f"right answers on {args.kind}: {dict(gold.most_common())}")
+        for name, given in ((label, answers), (ref_label, ref_answers)):
+            words = word_matches(given, questions, args.kind)
+            if words:
+                print(f"{name} on {args.kind}, each word of a two-word answer right: {words}")
+
+
+def word_matches(given: list[str], questions: list[dict], kind: str) -> str | None:
+    """For a type whose answers are two words (a place: 'top left'), how often each word was right - e.g. the
+    vertical half of a place read and the horizontal one not; None for other types."""
+    pairs = [(a.lower().split(), q["answer"].lower().split()) for a, q in zip(given, questions)
+             if q["kind"] == kind]
+    if not pairs or any(len(g) != 2 for _, g in pairs):
+        return None
+    right = [sum(len(a) == 2 and a[i] == g[i] for a, g in pairs) for i in range(2)]
+    return f"first {right[0]}/{len(pairs)}, second {right[1]}/{len(pairs)}"
 
 
 if __name__ == "__main__":

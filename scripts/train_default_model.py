@@ -40,7 +40,9 @@ snapshot at step N (saved every 25 steps in --work, with the optimiser's state) 
 --resume continues it exactly; --decay-from S lets them fall linearly to zero from step S on, and a snapshot of
 step S resumes into that decay. --weight-first-turns weights each turn's loss toward the first questions' mix of
 types and answers (what evaluation asks; research/TRAINING_NOTES.md); --focus position=3 multiplies a type's
-weight on top; --curriculum STEPS draws records easy-first (fewest objects first) over the first STEPS steps.
+weight on top; --curriculum STEPS draws records easy-first (fewest objects first) over the first STEPS steps;
+--keep-places W trains the projector to keep each token's grid row and column (a linear probe's loss, weight W);
+--imprint-places STEPS writes them in before stage 2, on the projector alone, holding its tokens near their start.
 A GPU is used when present.
 
 On a lent accelerator (16 cores, one GPU, minutes of time) one command does the whole recipe and leaves the artifacts
@@ -68,6 +70,7 @@ from atp_cli.default_model import ARTIFACTS, artifact_paths, assemble_checkpoint
 from atp_cli.errors import InputError  # noqa: E402
 from atp_cli.train.align import AlignConfig, align_projector  # noqa: E402
 from atp_cli.train.lora import export as export_lora  # noqa: E402
+from atp_cli.train.places import AMPLITUDE, ImprintConfig, imprint_places  # noqa: E402
 from atp_cli.train.projector import ProjectorConfig, train_projector  # noqa: E402
 from atp_cli.train.trainer import StepLog, TrainConfig, train  # noqa: E402
 
@@ -199,6 +202,18 @@ def main() -> None:
     ap.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
                     help="stage 2: over the first STEPS steps the records come easy-first, from the quarter whose "
                          "images show the fewest objects (one shape, few cells) to all of them (0: none)")
+    ap.add_argument("--keep-places", type=float, default=0.0, metavar="WEIGHT",
+                    help="stage 2: weight of a loss that keeps each visual token's grid row and column linearly "
+                         "readable from the projector's output (left / right is otherwise lost; "
+                         "atp_cli.train.places.PlaceProbe)")
+    ap.add_argument("--imprint-places", type=int, default=0, metavar="STEPS",
+                    help="before stage 2: STEPS projector-only steps on --align-images images that write each token's "
+                         "grid place into it while holding the tokens near the starting projector's "
+                         "(atp_cli.train.places.imprint_places; 0: none)")
+    ap.add_argument("--imprint-weight", type=float, default=1.0,
+                    help="--imprint-places: weight of the place loss against the tokens' relative drift")
+    ap.add_argument("--imprint-amplitude", type=float, default=AMPLITUDE,
+                    help="--imprint-places: each place coordinate's reach as a share of the tokens' RMS norm")
     ap.add_argument("--atp-steps", type=int, default=50)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
@@ -245,7 +260,7 @@ def main() -> None:
                              validate_every=args.validate_every, resume_from=args.work / "lora" if args.resume else None,
                              resumed_steps=args.resumed_steps, init_lora=args.init_lora, rebalance=args.rebalance_turns,
                              decay_from=args.decay_from, weight_first=args.weight_first_turns,
-                             focus=tuple(args.focus), curriculum=args.curriculum,
+                             focus=tuple(args.focus), curriculum=args.curriculum, keep_places=args.keep_places,
                              deadline_s=args.time_budget if args.device_run else None)
     if 1 in stages:
         base = assemble_checkpoint(args.work / "base", seed=args.seed, feature_layer=args.feature_layer)
@@ -256,6 +271,8 @@ def main() -> None:
         stage1 = align_projector(base, shown, args.work / "align", aligning, held_out, on_step=every_100)
         shutil.copyfile(stage1 / "projector.safetensors", projector)
     if 2 in stages:
+        if args.imprint_places > 0:
+            imprint_stage(args, projector)
         start = assemble_checkpoint(args.work / "stage2-start", projector, seed=args.seed)
         cfg = ProjectorConfig(**{**vars(packed), "steps": args.lora_steps, "seed": args.seed + 1,
                                  "lora_rank": args.lora_rank})
@@ -275,6 +292,27 @@ def main() -> None:
     if 4 in stages:
         calibrate_modules(args, atp)
     print(f"wrote {projector}, {lora} and {atp}")
+
+
+def log_imprint(entry: StepLog) -> None:
+    """Every 100th imprint step: the loss and the drift (relative squared distance from the starting tokens); at
+    the end the held-out left / right accuracy of the place read-out and the drift."""
+    if entry.step % 100 == 0 or entry.validation:
+        print(f"imprint step {entry.step} loss {entry.loss:.4g} drift {entry.next_token:.4f}", flush=True)
+    if entry.validation:
+        print("  held out: " + ", ".join(f"{k} {r / n:.3f}" for k, (r, n) in entry.validation.items()), flush=True)
+
+
+def imprint_stage(args: argparse.Namespace, projector: Path) -> None:
+    """Before stage 2: the projector in `projector` learns, alone on tower features, to carry each token's grid
+    place while its tokens stay near the ones the adapters were trained on; it is rewritten in place."""
+    base = assemble_checkpoint(args.work / "imprint-start", projector, seed=args.seed)
+    shown = [make_mixed_example("train", i).image for i in range(args.align_images)]
+    held_out = [make_mixed_example("val", i).image for i in range(args.val_images)]
+    cfg = ImprintConfig(steps=args.imprint_places, weight=args.imprint_weight, amplitude=args.imprint_amplitude,
+                        seed=args.seed)
+    done = imprint_places(base, shown, args.work / "imprint", cfg, held_out, on_step=log_imprint)
+    shutil.copyfile(done / "projector.safetensors", projector)
 
 
 def calibrate_modules(args: argparse.Namespace, atp: Path) -> None:

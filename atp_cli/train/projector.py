@@ -25,6 +25,7 @@ from atp_cli.train import lora
 from atp_cli.train.data import (PackedTokens, Sample, encode_packed, first_turn_weights, focused, load_samples,
                                 rebalance_turns, turn_weights)
 from atp_cli.train.model_io import bf16_is_fast, copy_side_files, image_setup, load_model
+from atp_cli.train.places import PlaceProbe
 from atp_cli.train.trainer import StepLog
 
 
@@ -49,6 +50,8 @@ class ProjectorConfig:
     weight_first: bool = False  # weight each turn's loss toward the first turns' mix (data.first_turn_weights)
     focus: tuple[tuple[str, float], ...] = ()  # (type, factor): those types' turns weigh more (data.focused)
     curriculum: int = 0  # steps over which records come easy-first, few objects to many (`_order`); 0: none
+    keep_places: float = 0.0  # > 0: weight of the loss that keeps each token's grid row and column readable
+    places_lr: float = 1e-3  # the learning rate of that loss's linear probe (trained alongside, never saved)
 
 
 def tower_features(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -208,8 +211,11 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
             lora.load(lm, Path(cfg.init_lora))
     if not groups:
         raise InputError("nothing to train: the projector's learning rate is 0 and there are no LoRA adapters")
+    probe = PlaceProbe(lm.config.hidden_size, n_visual).to(device) if cfg.keep_places > 0 else None
+    if probe is not None:
+        groups.append({"params": list(probe.parameters()), "lr": cfg.places_lr})
     opt = torch.optim.AdamW(groups)
-    start = _resume(model, opt, cfg) if cfg.resume_from is not None else 0
+    start = _resume(model, opt, cfg, probe) if cfg.resume_from is not None else 0
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(start + k, cfg))
     features = FeatureCache(model, size, mean, std)
     image_id = model.config.image_token_index
@@ -224,9 +230,12 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
             sample = next(records)
             tokens = encode_packed(tokenizer, sample, image_id, n_visual)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                total, count = packed_loss(model, tokens, features(sample.image),
+                seen = features(sample.image)
+                total, count = packed_loss(model, tokens, seen,
                                            turn_weights(sample, weights) if weights is not None else None)
-            (total / count / cfg.accumulate).backward()
+                places = (cfg.keep_places * probe.loss(model.model.multi_modal_projector(seen.float()))
+                          if probe is not None else 0.0)
+            (total / count / cfg.accumulate + places / cfg.accumulate).backward()
             losses.append(float(total.detach()) / count)
         opt.step()
         schedule.step()
@@ -239,7 +248,7 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
             save_projector(model, out / "projector.safetensors")
             if cfg.lora_rank > 0:
                 lora.save(lm, out / "lora.safetensors")
-            _save_state(opt, step + 1, out / STATE)
+            _save_state(opt, step + 1, out / STATE, probe)
         if last:
             break
     if cfg.lora_rank > 0:
@@ -253,16 +262,18 @@ def train_projector(checkpoint: str | Path, data: str | Path, out: str | Path, c
 STATE = "trainer_state.pt"  # optimiser moments and the step count of a snapshot: what an exact resume needs
 
 
-def _save_state(opt: torch.optim.Optimizer, step: int, path: Path) -> None:
+def _save_state(opt: torch.optim.Optimizer, step: int, path: Path, probe: PlaceProbe | None = None) -> None:
     tmp = path.with_name(path.name + ".part")
-    torch.save({"step": step, "optimizer": opt.state_dict()}, tmp)
+    extra = {"probe": probe.state_dict()} if probe is not None else {}
+    torch.save({"step": step, "optimizer": opt.state_dict(), **extra}, tmp)
     tmp.replace(path)
 
 
-def _resume(model, opt: torch.optim.Optimizer, cfg: ProjectorConfig) -> int:
+def _resume(model, opt: torch.optim.Optimizer, cfg: ProjectorConfig, probe: PlaceProbe | None = None) -> int:
     """Load the snapshot in `cfg.resume_from` into `model` (projector when it learns, LoRA adapters) and, when the
-    snapshot kept them, the optimiser's moments; returns the steps already taken. Without trainer_state.pt the
-    moments start afresh (the run then differs slightly from an uninterrupted one) and `resumed_steps` is needed."""
+    snapshot kept them, the optimiser's moments and the place probe; returns the steps already taken. Without
+    trainer_state.pt the moments start afresh (the run then differs slightly from an uninterrupted one) and
+    `resumed_steps` is needed."""
     from safetensors.torch import load_file
 
     src = Path(cfg.resume_from)
@@ -274,6 +285,13 @@ def _resume(model, opt: torch.optim.Optimizer, cfg: ProjectorConfig) -> int:
         raise InputError(f"{src} holds a snapshot of step {start}, not {cfg.resumed_steps}")
     if not 0 < start < cfg.steps:
         raise InputError(f"{src} holds step {start}; nothing to do for a run of {cfg.steps} steps")
+    if state is not None and ("probe" in state) != (probe is not None):
+        raise InputError(f"{src} was trained {'with' if 'probe' in state else 'without'} keep_places: resume it "
+                         "with the same setting")
+    if probe is not None:
+        if state is None:
+            raise InputError(f"{src} has no {STATE} with the place probe that keep_places resumes")
+        probe.load_state_dict(state["probe"])
     if cfg.lora_rank > 0:
         lora.load(model.model.language_model, src / "lora.safetensors")
     if cfg.lr > 0:
