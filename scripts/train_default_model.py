@@ -214,6 +214,9 @@ def main() -> None:
                     help="--imprint-places: weight of the place loss against the tokens' relative drift")
     ap.add_argument("--imprint-amplitude", type=float, default=AMPLITUDE,
                     help="--imprint-places: each place coordinate's reach as a share of the tokens' RMS norm")
+    ap.add_argument("--imprint-in-words", action="store_true",
+                    help="--imprint-places: write the place along SmolLM2's embeddings of 'bottom' - 'top' and "
+                         "'right' - 'left' instead of learned directions")
     ap.add_argument("--atp-steps", type=int, default=50)
     ap.add_argument("--atp-lr", type=float, default=5e-3)
     ap.add_argument("--budget", type=float, default=144.0)
@@ -310,7 +313,7 @@ def imprint_stage(args: argparse.Namespace, projector: Path) -> None:
     shown = [make_mixed_example("train", i).image for i in range(args.align_images)]
     held_out = [make_mixed_example("val", i).image for i in range(args.val_images)]
     cfg = ImprintConfig(steps=args.imprint_places, weight=args.imprint_weight, amplitude=args.imprint_amplitude,
-                        seed=args.seed)
+                        in_words=args.imprint_in_words, seed=args.seed)
     done = imprint_places(base, shown, args.work / "imprint", cfg, held_out, on_step=log_imprint)
     shutil.copyfile(done / "projector.safetensors", projector)
 

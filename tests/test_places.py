@@ -115,3 +115,26 @@ def test_imprinting_writes_the_side_into_the_tokens_and_without_its_loss_changes
 def test_imprinting_without_images_is_refused(setup, tmp_path):
     with pytest.raises(InputError, match="at least one image"):
         imprint_places(setup[0], [], tmp_path / "none")
+
+
+def test_fixed_directions_are_read_as_given_and_never_learn():
+    grid, dim = 6, 16
+    unread = (1 - 1 / grid ** 2) / 3
+    axes = torch.eye(dim)
+    along = PlaceProbe(dim, grid * grid, directions=axes[:2])  # the dimensions that hold row and column
+    assert "directions" not in dict(along.named_parameters())
+    assert _fit(along, _tokens(grid, dim, 1.0)) < 0.01
+    beside = PlaceProbe(dim, grid * grid, directions=axes[3:5])  # empty dimensions: only the offset can learn
+    assert _fit(beside, _tokens(grid, dim, 1.0)) >= unread - 1e-4
+    assert torch.equal(beside.directions, axes[3:5])
+    with pytest.raises(InputError, match="directions must be"):
+        PlaceProbe(dim, grid * grid, directions=axes[:3])
+
+
+def test_imprinting_in_the_language_models_words(setup, tmp_path):
+    logs = []
+    imprint_places(setup[0], _ramps(8, 0), tmp_path / "words",
+                   ImprintConfig(steps=150, batch=4, lr=1e-2, probe_lr=5e-2, in_words=True), _ramps(4, 1),
+                   on_step=logs.append)
+    right, asked = logs[-1].validation["left/right"]
+    assert right / asked > 0.9

@@ -39,9 +39,10 @@ class PlaceProbe(torch.nn.Module):
     linear read-out would let the probe grow while the place it reads shrinks to a trace no language model would
     notice; here the loss is low only if the place takes a real share of every token, about 2 amplitude^2 / 3 of its
     energy for both coordinates. Its weights are the trainer's, never shipped: the adapters learn their own
-    read-out."""
+    read-out. Given `directions` (2, dim), row and column are read along those, fixed, instead of learned ones."""
 
-    def __init__(self, dim: int, n_visual: int, amplitude: float = AMPLITUDE) -> None:
+    def __init__(self, dim: int, n_visual: int, amplitude: float = AMPLITUDE,
+                 directions: torch.Tensor | None = None) -> None:
         super().__init__()
         self.grid = math.isqrt(n_visual)
         if self.grid * self.grid != n_visual:
@@ -49,7 +50,12 @@ class PlaceProbe(torch.nn.Module):
         if not amplitude > 0:
             raise InputError(f"the place amplitude must be > 0, got {amplitude}")
         self.amplitude = amplitude
-        self.directions = torch.nn.Parameter(torch.randn(2, dim))
+        if directions is None:
+            self.directions = torch.nn.Parameter(torch.randn(2, dim))
+        elif directions.shape != (2, dim):
+            raise InputError(f"place directions must be (2, {dim}), got {tuple(directions.shape)}")
+        else:
+            self.register_buffer("directions", directions.detach().float().clone())
         self.offset = torch.nn.Parameter(torch.zeros(2))
 
     def _read(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +92,18 @@ class ImprintConfig:
     probe_lr: float = 1e-2
     weight: float = 1.0  # of the place loss against the drift from the starting projector's tokens
     amplitude: float = AMPLITUDE  # the place's share of each token (PlaceProbe)
+    in_words: bool = False  # along the language model's "bottom" - "top" and "right" - "left" (else learned)
     seed: int = 0
+
+
+def word_directions(model, tokenizer) -> torch.Tensor:
+    """(2, dim): the language model's embedding of "bottom" minus "top" (rows grow downwards) and of "right" minus
+    "left": a place written along them reads to the language model as those words, which it already knows how to
+    carry from a visual token to its answer."""
+    from atp_cli.train.align import WordTargets
+
+    words = WordTargets(tokenizer, model.model.language_model.embed_tokens.weight)
+    return torch.stack([words.word("bottom") - words.word("top"), words.word("right") - words.word("left")])
 
 
 def imprint_places(checkpoint: str | Path, images: Sequence[ImageSource], out: str | Path,
@@ -101,7 +118,7 @@ def imprint_places(checkpoint: str | Path, images: Sequence[ImageSource], out: s
     if not images:
         raise InputError("imprinting places needs at least one image")
     checkpoint, out = Path(checkpoint), Path(out)
-    model, _, device = load_model(checkpoint, cfg.seed)
+    model, tokenizer, device = load_model(checkpoint, cfg.seed)
     size, n_visual, mean, std = image_setup(model, checkpoint)
 
     def features(paths: Sequence[ImageSource]) -> torch.Tensor:
@@ -111,7 +128,9 @@ def imprint_places(checkpoint: str | Path, images: Sequence[ImageSource], out: s
     seen, check = features(images), features(held_out) if held_out else None
     projector = model.model.multi_modal_projector
     anchor = copy.deepcopy(projector).requires_grad_(False)
-    probe = PlaceProbe(model.config.text_config.hidden_size, n_visual, cfg.amplitude).to(device)
+    dim = model.config.text_config.hidden_size
+    probe = PlaceProbe(dim, n_visual, cfg.amplitude, word_directions(model, tokenizer) if cfg.in_words else None)
+    probe = probe.to(device)
     opt = torch.optim.AdamW([{"params": list(projector.parameters()), "lr": cfg.lr},
                              {"params": list(probe.parameters()), "lr": cfg.probe_lr}],
                             weight_decay=0.0)  # decay would pull the projector off its start with no loss asking
