@@ -48,7 +48,8 @@ A GPU is used when present.
 On a lent accelerator (16 cores, one GPU, minutes of time) one command does the whole recipe and leaves the artifacts
 in $OUT: `OUT=out python scripts/train_default_model.py --device-run --work /tmp/atp-device --train-images 20000
 --lora-steps 100000 --time-budget 300` (stage 2 with the projector learning at 1e-4, bfloat16 on the GPU, stopped
-after --time-budget seconds with a snapshot and a validation; then stage 4 calibrates the modules on the CPU).
+after --time-budget seconds with a snapshot and a validation; then stage 4 calibrates the modules on the CPU);
+--imprint-places 1500 --align-images 300 writes the tokens' places into the projector before stage 2.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The one-shot accelerator recipe (`scripts/train_default_model.py --device-run`) on the CPU with a tiny step count:
-data rendered in parallel, stage 2 with the projector learning, stopped by the time budget, stage 4, and artifacts
+data rendered in parallel, the place imprint, stage 2 with the projector learning, stopped by the time budget, stage 4, and artifacts
 in $OUT within the device tool's limits (at most 8 files of at most 16 MB)."""
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ def test_device_run_leaves_small_artifacts_in_out(tmp_path):
     env = dict(os.environ, OUT=str(out), ATP_CACHE_DIR=str(tmp_path / "cache"))
     cmd = [sys.executable, "scripts/train_default_model.py", "--device-run", "--work", str(tmp_path / "work"),
            "--train-images", "6", "--val-images", "2", "--turns", "2", "--lora-steps", "1000", "--time-budget", "1",
-           "--validate-every", "1000", "--calibration-questions", "2", "--operating-points", "64"]
+           "--validate-every", "1000", "--calibration-questions", "2", "--operating-points", "64",
+           "--imprint-places", "3", "--align-images", "2"]  # the place imprint runs in the recipe too
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     files = sorted(p for p in out.rglob("*") if p.is_file())
     assert {p.name for p in files} >= {"projector.safetensors", "lora.safetensors", "atp.safetensors"}
     assert len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)
+    assert "imprint step 2" in done.stdout and "left/right" in done.stdout  # before stage 2, with its held-out figure
     assert "validation" in done.stdout  # the time budget stopped it with a validation, long before 1000 steps
     steps = [line for line in done.stdout.splitlines() if line.startswith("step ")]
     assert 1 <= len(steps) < 1000
