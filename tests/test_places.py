@@ -138,3 +138,9 @@ def test_imprinting_in_the_language_models_words(setup, tmp_path):
                    on_step=logs.append)
     right, asked = logs[-1].validation["left/right"]
     assert right / asked > 0.9
+
+
+def test_imprint_settings_that_make_no_sense_are_refused_up_front():
+    for bad in ({"steps": -1}, {"batch": 0}, {"weight": -1.0}, {"weight": float("nan")}, {"amplitude": 0.0}):
+        with pytest.raises(InputError):
+            ImprintConfig(**bad)

@@ -19,9 +19,8 @@ import torch
 
 from atp_cli.data.scenes import Example
 from atp_cli.errors import InputError
-from atp_cli.image_input import pixel_values
 from atp_cli.train.model_io import image_setup, load_model
-from atp_cli.train.projector import save_projector, tower_features
+from atp_cli.train.projector import FeatureCache, save_projector
 from atp_cli.train.trainer import StepLog
 
 BACKGROUND = ("background",)
@@ -77,11 +76,11 @@ def target_words(example: Example, grid: int, positions: bool = True) -> list[tu
 def _patches(model, examples: Sequence[Example], targets: WordTargets, size: int, mean, std,
              positions: bool = True) -> _Patches:
     grid = size // model.config.vision_config.patch_size
+    tower = FeatureCache(model, size, mean, std)
     feats, goals, weights = [], [], []
     for ex in examples:
         words = target_words(ex, grid, positions)
-        px = torch.from_numpy(pixel_values(ex.image, size, mean, std))[None]
-        feats.append(tower_features(model, px)[0].to(torch.float16))
+        feats.append(tower.compute(ex.image))
         goals.append(targets(words))
         weights.append(torch.tensor([1.0 if w != BACKGROUND else 0.0 for w in words]))
     return _Patches(torch.stack(feats), torch.stack(goals), torch.stack(weights))

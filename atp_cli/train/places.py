@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 
 from atp_cli.errors import InputError
-from atp_cli.image_input import load_image, pixel_values
 from atp_cli.train.model_io import image_setup, load_model
 from atp_cli.train.trainer import StepLog
 
@@ -95,6 +94,14 @@ class ImprintConfig:
     in_words: bool = False  # along the language model's "bottom" - "top" and "right" - "left" (else learned)
     seed: int = 0
 
+    def __post_init__(self) -> None:  # checked before minutes of assembling and tower passes, not after
+        if self.steps < 0 or self.batch < 1:
+            raise InputError(f"imprinting needs steps >= 0 and batch >= 1, got {self.steps} and {self.batch}")
+        if not (self.weight >= 0 and math.isfinite(self.weight)):
+            raise InputError(f"the imprint's place weight must be finite and >= 0, got {self.weight}")
+        if not (self.amplitude > 0 and math.isfinite(self.amplitude)):
+            raise InputError(f"the place amplitude must be finite and > 0, got {self.amplitude}")
+
 
 def word_directions(model, tokenizer) -> torch.Tensor:
     """(2, dim): the language model's embedding of "bottom" minus "top" (rows grow downwards) and of "right" minus
@@ -113,24 +120,21 @@ def imprint_places(checkpoint: str | Path, images: Sequence[ImageSource], out: s
     drift + weight * place loss, where drift is the squared distance of each token from the starting projector's,
     relative to that token set's mean squared norm; writes `out`/projector.safetensors. The last step's log carries,
     on `held_out` images, the probe's left / right accuracy and the drift in thousandths."""
-    from atp_cli.train.projector import save_projector, tower_features
+    from atp_cli.train.projector import FeatureCache, save_projector
 
     if not images:
         raise InputError("imprinting places needs at least one image")
     checkpoint, out = Path(checkpoint), Path(out)
     model, tokenizer, device = load_model(checkpoint, cfg.seed)
     size, n_visual, mean, std = image_setup(model, checkpoint)
-
-    def features(paths: Sequence[ImageSource]) -> torch.Tensor:
-        return torch.stack([tower_features(model, torch.from_numpy(
-            pixel_values(load_image(p), size, mean, std))[None].to(device))[0].to(torch.float16) for p in paths])
-
-    seen, check = features(images), features(held_out) if held_out else None
-    projector = model.model.multi_modal_projector
-    anchor = copy.deepcopy(projector).requires_grad_(False)
-    dim = model.config.text_config.hidden_size
+    dim = model.config.text_config.hidden_size  # the probe first: a grid it cannot read fails before the tower runs
     probe = PlaceProbe(dim, n_visual, cfg.amplitude, word_directions(model, tokenizer) if cfg.in_words else None)
     probe = probe.to(device)
+    tower = FeatureCache(model, size, mean, std)
+    seen = torch.stack([tower.compute(p) for p in images])
+    check = torch.stack([tower.compute(p) for p in held_out]) if held_out else None
+    projector = model.model.multi_modal_projector
+    anchor = copy.deepcopy(projector).requires_grad_(False)
     opt = torch.optim.AdamW([{"params": list(projector.parameters()), "lr": cfg.lr},
                              {"params": list(probe.parameters()), "lr": cfg.probe_lr}],
                             weight_decay=0.0)  # decay would pull the projector off its start with no loss asking

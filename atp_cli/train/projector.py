@@ -51,7 +51,7 @@ class ProjectorConfig:
     focus: tuple[tuple[str, float], ...] = ()  # (type, factor): those types' turns weigh more (data.focused)
     curriculum: int = 0  # steps over which records come easy-first, few objects to many (`_order`); 0: none
     keep_places: float = 0.0  # > 0: weight of the loss that keeps each token's grid row and column readable
-    places_lr: float = 1e-3  # the learning rate of that loss's linear probe (trained alongside, never saved)
+    places_lr: float = 1e-3  # that loss's probe's learning rate (kept in trainer_state.pt, never shipped)
 
 
 def tower_features(model, pixels: torch.Tensor) -> torch.Tensor:
@@ -116,10 +116,14 @@ class FeatureCache:
         self.device = next(model.parameters()).device
         self._store: dict[Path, torch.Tensor] = {}
 
+    def compute(self, image) -> torch.Tensor:
+        """(n_visual, d_vision) float16 for a path or an image in memory, not kept (PIL images are no dict keys)."""
+        px = torch.from_numpy(pixel_values(load_image(image), self.size, self.mean, self.std))[None]
+        return tower_features(self.model, px.to(self.device))[0].to(torch.float16)
+
     def __call__(self, image: Path) -> torch.Tensor:
         if image not in self._store:
-            px = torch.from_numpy(pixel_values(load_image(image), self.size, self.mean, self.std))[None]
-            self._store[image] = tower_features(self.model, px.to(self.device))[0].to(torch.float16)
+            self._store[image] = self.compute(image)
         return self._store[image]
 
 
